@@ -1,0 +1,3 @@
+from budget_proxy.cli import main
+
+main()

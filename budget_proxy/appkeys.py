@@ -1,0 +1,17 @@
+"""Typed application state keys, shared by the app factory and the route modules."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from budget_proxy.config import Settings
+from budget_proxy.policy_cache import PolicyCache
+from budget_proxy.pricing import PriceCatalog
+from budget_proxy.proxy import Proxy
+from budget_proxy.store.base import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+POLICIES = web.AppKey("policies", PolicyCache)
+CATALOG = web.AppKey("catalog", PriceCatalog)
+PROXY = web.AppKey("proxy", Proxy)

@@ -1,0 +1,119 @@
+"""Configuration: environment variables (pydantic-settings) plus an optional TOML file.
+
+Environment names follow the interface contract (`BUDGET_*`, `OPENAI_API_KEY`, ...). The TOML
+file (`BUDGET_CONFIG` or `--config`) adds `[providers.NAME]` tables and a policy directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderApi = Literal["openai", "anthropic", "gemini"]
+
+
+class ProviderConfig(BaseModel):
+    """One upstream: where it lives, which wire format it speaks, which key the proxy holds."""
+
+    name: str
+    base_url: str
+    api: ProviderApi = "openai"
+    api_key_env: str | None = None
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Settings(BaseSettings):
+    """Process settings; each field documents the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(env_prefix="BUDGET_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8013, description="Port for proxy, admin API, WebSockets and metrics.")
+    data_dir: Path = Field(
+        Path("./budget-data"), description="Directory of the embedded store (SQLite)."
+    )
+    redis_url: str | None = Field(None, description="Use the Redis store at this URL.")
+    admin_token: str | None = Field(None, description="Bearer token required for mutations.")
+    viewer_token: str | None = Field(None, description="Bearer token allowed to read only.")
+    component: str = Field("default", description="Component charged when a request names none.")
+    config: Path | None = Field(None, description="TOML configuration file.")
+    log_level: str = Field("INFO", description="Logging level.")
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed", description="What to do when the store is unreachable."
+    )
+    timezone: str = Field("UTC", description="Time zone of calendar windows.")
+    openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI upstream.")
+    anthropic_base_url: str = Field("https://api.anthropic.com", description="Anthropic upstream.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body accepted.")
+    reservation_ttl_s: float = Field(
+        600.0, description="A reservation not settled within this time is released by the reaper."
+    )
+    upstream_timeout_s: float = Field(600.0, description="Total timeout of one upstream call.")
+    upstream_connect_timeout_s: float = Field(10.0, description="Upstream connect timeout.")
+    reaper_interval_s: float = Field(5.0, description="How often expired reservations are swept.")
+    policies_dir: Path | None = Field(None, description="Directory of policy TOML files.")
+    unknown_price: Literal["refuse", "ceiling", "alert"] = Field(
+        "ceiling", description="Rule for a model missing from the price catalog."
+    )
+    hermes_url: str | None = Field(
+        None, validation_alias=AliasChoices("HERMES_URL", "BUDGET_HERMES_URL")
+    )
+
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(value)
+        return value
+
+    def all_providers(self) -> dict[str, ProviderConfig]:
+        """The built-in providers overlaid with the ones from the config file."""
+        builtin = {
+            "openai": ProviderConfig(
+                name="openai", base_url=self.openai_base_url, api="openai",
+                api_key_env="OPENAI_API_KEY",
+            ),
+            "anthropic": ProviderConfig(
+                name="anthropic", base_url=self.anthropic_base_url, api="anthropic",
+                api_key_env="ANTHROPIC_API_KEY",
+            ),
+        }
+        return {**builtin, **self.providers}
+
+
+class ConfigError(ValueError):
+    """A configuration file is invalid; the message names the file and the key."""
+
+
+def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
+    """Environment first, then the TOML file's `[proxy]` and `[providers.*]` tables, then overrides."""
+    env_settings = Settings()
+    path = config_path or env_settings.config
+    file_values: dict[str, object] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        file_values.update(raw.get("proxy", {}))
+        providers = {}
+        for name, table in raw.get("providers", {}).items():
+            try:
+                providers[name] = ProviderConfig(name=name, **table)
+            except Exception as exc:
+                raise ConfigError(f"{path}: [providers.{name}]: {exc}") from exc
+        file_values["providers"] = providers
+        file_values["config"] = path
+    merged = {**file_values, **env_settings.model_dump(exclude_unset=True), **overrides}
+    return Settings(**{k: v for k, v in merged.items() if v is not None})

@@ -1,0 +1,192 @@
+"""Policy matching and the enforcement decision: pure code, no I/O.
+
+A request is resolved to a list of counter lines (one per matching policy window). The store
+reserves the worst case on all of them atomically, refusing if any enforced line would pass its
+limit; the functions here build those lines and read the outcome (remaining, warnings, soft
+limit model moves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from budget_proxy.models import BudgetPolicy, PolicyType, nusd_to_usd
+from budget_proxy.periods import window_for
+
+
+@dataclass(frozen=True, slots=True)
+class RequestScope:
+    """Who pays and for what: the attributes policies are scoped by."""
+
+    provider: str
+    model: str
+    component: str
+    tier: str | None = None
+    task_type: str | None = None
+    session: str | None = None
+    task: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterLine:
+    """One counter a reservation touches; `enforce` lines refuse past their limit."""
+
+    key: str
+    limit_nusd: int | None
+    limit_tokens: int | None
+    enforce: bool
+    policy_id: str
+    resets_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    spent_nusd: int = 0
+    reserved_nusd: int = 0
+    spent_tokens: int = 0
+    reserved_tokens: int = 0
+
+    @property
+    def used_nusd(self) -> int:
+        return self.spent_nusd + self.reserved_nusd
+
+    @property
+    def used_tokens(self) -> int:
+        return self.spent_tokens + self.reserved_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """`refused_index` points at the first enforced line that would pass its limit."""
+
+    ok: bool
+    totals: tuple[Totals, ...]
+    refused_index: int | None = None
+
+
+def policy_matches(policy: BudgetPolicy, scope: RequestScope) -> bool:
+    """Every scope field the policy sets must equal the request's; unset fields match all."""
+    if not policy.enabled:
+        return False
+    for field, value in (
+        ("provider", scope.provider),
+        ("model", scope.model),
+        ("component", scope.component),
+        ("tier", scope.tier),
+        ("task_type", scope.task_type),
+        ("session", scope.session),
+        ("task", scope.task),
+    ):
+        wanted = getattr(policy, field)
+        if wanted is not None and wanted != value:
+            return False
+    return True
+
+
+def counter_key(policy_id: str, window_id: str) -> str:
+    return f"{policy_id}:{window_id}"
+
+
+def counter_lines(
+    policies: Iterable[BudgetPolicy], scope: RequestScope, now: datetime, tz: ZoneInfo
+) -> list[CounterLine]:
+    """The counters this request touches, one per matching policy with a current window."""
+    lines = []
+    for policy in policies:
+        if not policy_matches(policy, scope):
+            continue
+        window = window_for(policy.period, now, tz, scope.session, scope.task)
+        if window is None:
+            continue
+        lines.append(
+            CounterLine(
+                key=counter_key(policy.policy_id, window.window_id),
+                limit_nusd=policy.cost_limit_nusd,
+                limit_tokens=policy.token_limit,
+                enforce=policy.type is PolicyType.HARD_LIMIT,
+                policy_id=policy.policy_id,
+                resets_at=window.resets_at,
+            )
+        )
+    return lines
+
+
+def would_refuse(line: CounterLine, totals: Totals, cost_nusd: int, tokens: int) -> bool:
+    """The reservation rule every store implements: used + this request must stay <= limit."""
+    if not line.enforce:
+        return False
+    if line.limit_nusd is not None and totals.used_nusd + cost_nusd > line.limit_nusd:
+        return True
+    return line.limit_tokens is not None and totals.used_tokens + tokens > line.limit_tokens
+
+
+def utilisation(line: CounterLine, totals: Totals) -> float:
+    """The larger of cost and token utilisation; 0 for a line with no limit."""
+    ratios = [0.0]
+    if line.limit_nusd is not None:
+        ratios.append(totals.used_nusd / line.limit_nusd if line.limit_nusd else 1.0)
+    if line.limit_tokens is not None:
+        ratios.append(totals.used_tokens / line.limit_tokens if line.limit_tokens else 1.0)
+    return max(ratios)
+
+
+@dataclass(frozen=True, slots=True)
+class Remaining:
+    cost_usd: float | None
+    tokens: int | None
+    policy_id: str | None
+
+
+def tightest_remaining(lines: Sequence[CounterLine], totals: Sequence[Totals]) -> Remaining:
+    """Remaining cost and tokens of the tightest limited line (enforced lines first)."""
+    limited = [(ln, t) for ln, t in zip(lines, totals, strict=True)
+               if ln.limit_nusd is not None or ln.limit_tokens is not None]
+    enforced = [pair for pair in limited if pair[0].enforce]
+    candidates = enforced or limited
+    if not candidates:
+        return Remaining(None, None, None)
+    line, tot = max(candidates, key=lambda pair: utilisation(*pair))
+    cost = None if line.limit_nusd is None else nusd_to_usd(max(0, line.limit_nusd - tot.used_nusd))
+    tokens = None if line.limit_tokens is None else max(0, line.limit_tokens - tot.used_tokens)
+    return Remaining(cost, tokens, line.policy_id)
+
+
+def warnings(
+    policies_by_id: dict[str, BudgetPolicy],
+    lines: Sequence[CounterLine],
+    totals: Sequence[Totals],
+) -> list[str]:
+    """Human-readable warnings for lines at or past their policy's warning threshold."""
+    out = []
+    for line, tot in zip(lines, totals, strict=True):
+        policy = policies_by_id.get(line.policy_id)
+        if policy is None or policy.type is PolicyType.IGNORE:
+            continue
+        used = utilisation(line, tot)
+        if used >= policy.warning_threshold:
+            label = policy.name or policy.policy_id
+            out.append(f"policy {label} at {used:.0%} of its {policy.period.value} limit")
+    return out
+
+
+def soft_limit_move(
+    policies_by_id: dict[str, BudgetPolicy],
+    lines: Sequence[CounterLine],
+    totals: Sequence[Totals],
+) -> tuple[str | None, list[str]]:
+    """The model a soft limit moves this request to (if any), and warnings for soft limits
+    past their action threshold that have no cheaper model configured."""
+    notes = []
+    for line, tot in zip(lines, totals, strict=True):
+        policy = policies_by_id.get(line.policy_id)
+        if policy is None or policy.type is not PolicyType.SOFT_LIMIT:
+            continue
+        if utilisation(line, tot) < policy.action_threshold:
+            continue
+        if policy.fallback_model:
+            return policy.fallback_model, notes
+        notes.append(f"soft limit {policy.name or policy.policy_id} reached")
+    return None, notes

@@ -1,0 +1,139 @@
+"""The budget domain's entities (seed data model), shared by the store, the API and the CLI.
+
+Money crosses the API as USD floats (seed field names); inside the store every amount is an
+integer count of nano-dollars (`*_nusd`), so counters add exactly and Lua's doubles stay exact
+up to $9M per counter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NUSD_PER_USD = 1_000_000_000
+DEFAULT_BUDGET_ID = "default"
+
+
+def usd_to_nusd(usd: float | None) -> int | None:
+    return None if usd is None else round(usd * NUSD_PER_USD)
+
+
+def nusd_to_usd(nusd: int) -> float:
+    return nusd / NUSD_PER_USD
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+class Period(StrEnum):
+    HOURLY = "hourly"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+    PER_SESSION = "per_session"
+    PER_TASK = "per_task"
+
+
+class PolicyType(StrEnum):
+    IGNORE = "ignore"
+    WARN = "warn"
+    SOFT_LIMIT = "soft_limit"
+    HARD_LIMIT = "hard_limit"
+
+
+class Tier(StrEnum):
+    LOCAL_LIGHTWEIGHT = "local_lightweight"
+    LOCAL_MIDWEIGHT = "local_midweight"
+    REMOTE_HEAVYWEIGHT = "remote_heavyweight"
+
+
+class _Entity(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class Budget(_Entity):
+    budget_id: str = Field(default_factory=lambda: new_id("bud"))
+    name: str = "default"
+    description: str = ""
+    owner: str | None = None
+    is_active: bool = True
+    creation_time: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetPolicy(_Entity):
+    """A limit on one period window for the requests its scope matches."""
+
+    policy_id: str = Field(default_factory=lambda: new_id("pol"))
+    budget_id: str = DEFAULT_BUDGET_ID
+    name: str | None = None
+    type: PolicyType = PolicyType.HARD_LIMIT
+    period: Period = Period.DAILY
+    tier: Tier | None = None
+    provider: str | None = None
+    model: str | None = None
+    component: str | None = None
+    task_type: str | None = None
+    session: str | None = None
+    task: str | None = None
+    token_limit: int | None = Field(None, ge=0)
+    cost_limit: float | None = Field(None, ge=0)
+    warning_threshold: float = Field(0.8, ge=0, le=1)
+    action_threshold: float = Field(0.95, ge=0, le=1)
+    fallback_model: str | None = Field(
+        None, description="soft_limit: the cheaper model requests move to past action_threshold."
+    )
+    enabled: bool = True
+    source: str | None = Field(None, description="Policy file this policy was loaded from.")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _needs_a_limit(self) -> BudgetPolicy:
+        if self.type is not PolicyType.IGNORE and self.token_limit is None and self.cost_limit is None:
+            raise ValueError("a policy needs cost_limit or token_limit (or type 'ignore')")
+        return self
+
+    @property
+    def cost_limit_nusd(self) -> int | None:
+        return usd_to_nusd(self.cost_limit)
+
+
+class UsageRecord(_Entity):
+    """One metered call: what the provider reported and what it cost."""
+
+    record_id: str = Field(default_factory=lambda: new_id("use"))
+    allocation_id: str | None = None
+    context_id: str | None = None
+    component: str = "default"
+    session_id: str | None = None
+    task_id: str | None = None
+    task_type: str | None = None
+    provider: str
+    model: str
+    requested_model: str | None = None
+    route: str | None = None
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    input_cost: float = 0.0
+    output_cost: float = 0.0
+    total_cost: float = 0.0
+    pricing_id: str | None = None
+    status: str = "ok"
+    streamed: bool = False
+    timestamp: datetime = Field(default_factory=utcnow)
+    metadata: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,502 @@
+"""The inline path: identify, parse, estimate, reserve, forward, tap usage, settle, record.
+
+`Proxy.handle` is the aiohttp handler for every provider route. Metered calls (chat,
+responses, completions, embeddings, messages) hold a reservation from before the upstream call
+until settlement; the settlement runs in a task the handler only awaits through
+`asyncio.shield`, so a client hanging up (and the handler being cancelled) cannot lose it.
+Everything else under a provider's prefix is passed through unmetered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from budget_proxy import tokens
+from budget_proxy.config import ProviderConfig, Settings
+from budget_proxy.enforcement import (
+    CounterLine,
+    RequestScope,
+    ReserveResult,
+    counter_lines,
+    soft_limit_move,
+    tightest_remaining,
+    warnings,
+)
+from budget_proxy.models import UsageRecord, nusd_to_usd
+from budget_proxy.periods import seconds_until
+from budget_proxy.policy_cache import PolicyCache
+from budget_proxy.pricing import ModelPrice, PriceCatalog
+from budget_proxy.store.base import Reservation, Store, StoreError
+from budget_proxy.usage import Usage, cost_of, from_anthropic, worst_case_nusd
+from budget_proxy.wire import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    SSEParser,
+    UsageTap,
+    endpoint_kind,
+    error_body,
+    is_streaming,
+    requested_max_output,
+)
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
+})
+# client credentials never travel upstream; the proxy's own key replaces them
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+RESPONSE_DROP = frozenset({
+    "connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+    "server", "date",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who pays: from a virtual key, the attribution headers, or the sidecar default."""
+
+    component: str
+    session: str | None = None
+    task: str | None = None
+    task_type: str | None = None
+    context_id: str | None = None
+    allocation_id: str | None = None
+
+
+@dataclass(slots=True)
+class Metered:
+    """Everything the settlement of one metered call needs."""
+
+    provider: str
+    api: str
+    endpoint: str
+    route: str
+    model: str
+    requested_model: str
+    price: ModelPrice
+    attribution: Attribution
+    reservation: Reservation
+    input_tokens_estimate: int
+    streamed: bool
+    started_at: float
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+
+# hooks the rest of the application attaches (metrics, events, alerts); all optional
+SettleHook = Callable[[Metered, UsageRecord], Awaitable[None] | None]
+RefuseHook = Callable[[str, str, str], None]  # provider, policy_id, reason
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        catalog: PriceCatalog,
+        policies: PolicyCache,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.policies = policies
+        self.session = session
+        self.providers: dict[str, ProviderConfig] = settings.all_providers()
+        self.tz = ZoneInfo(settings.timezone)
+        self.background: set[asyncio.Task[Any]] = set()
+        self.on_settle: list[SettleHook] = []
+        self.on_refuse: list[RefuseHook] = []
+        self.identify_key: Callable[[str], Attribution | None] | None = None
+
+    # routing ------------------------------------------------------------------------------
+    def resolve(self, path: str) -> tuple[ProviderConfig, str] | None:
+        """(provider, path under its API root) for a proxy path, or None if unknown."""
+        head, _, rest = path.lstrip("/").partition("/")
+        if head == "v1":
+            provider = self.providers["openai"]
+            return provider, rest
+        provider = self.providers.get(head)
+        if provider is None:
+            return None
+        if provider.api == "openai" and rest.startswith("v1/"):
+            rest = rest[3:]
+        return provider, rest
+
+    def upstream_url(self, provider: ProviderConfig, rest: str, query: str) -> str:
+        url = f"{provider.base_url.rstrip('/')}/{rest}"
+        return f"{url}?{query}" if query else url
+
+    def upstream_headers(self, request: web.Request, provider: ProviderConfig) -> dict[str, str]:
+        headers = {
+            k: v for k, v in request.headers.items()
+            if (lk := k.lower()) not in HOP_BY_HOP and lk not in CREDENTIAL_HEADERS
+            and not lk.startswith("x-budget-")
+        }
+        headers["Accept-Encoding"] = "identity"
+        key = provider.api_key
+        if key:
+            if provider.api == "anthropic":
+                headers["x-api-key"] = key
+            elif provider.api == "gemini":
+                headers["x-goog-api-key"] = key
+            else:
+                headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    # identify -----------------------------------------------------------------------------
+    def attribution(self, request: web.Request) -> Attribution:
+        h = request.headers
+        from_key = None
+        auth = h.get("Authorization", "")
+        if self.identify_key is not None and auth.startswith("Bearer bp-"):
+            from_key = self.identify_key(auth[7:])
+        elif self.identify_key is not None and h.get("x-api-key", "").startswith("bp-"):
+            from_key = self.identify_key(h["x-api-key"])
+        component = (from_key.component if from_key else None) or h.get(
+            "X-Budget-Component") or self.settings.component
+        return Attribution(
+            component=component,
+            session=h.get("X-Budget-Session"),
+            task=h.get("X-Budget-Task"),
+            task_type=h.get("X-Budget-Task-Type"),
+            context_id=h.get("X-Budget-Context"),
+            allocation_id=h.get("X-Budget-Allocation"),
+        )
+
+    # pricing ------------------------------------------------------------------------------
+    def price_for(self, provider: str, model: str) -> ModelPrice | None:
+        return self.catalog.lookup(provider, model)
+
+    # handler ------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started_at = time.perf_counter()
+        resolved = self.resolve(request.path)
+        if resolved is None:
+            return self.error("openai", 404, f"no provider route for {request.path}",
+                              code="unknown_route")
+        provider, rest = resolved
+        kind = endpoint_kind(provider.api, rest) if request.method == "POST" else None
+        if kind is None:
+            return await self.pass_through(request, provider, rest)
+        return await self.metered(request, provider, rest, kind, started_at)
+
+    def error(self, api: str, status: int, message: str, *, code: str | None = None,
+              headers: dict[str, str] | None = None) -> web.Response:
+        return web.Response(
+            status=status, body=error_body(api, status, message, code=code),
+            content_type="application/json", headers=headers,
+        )
+
+    async def read_body(self, request: web.Request, api: str) -> bytes | web.Response:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self.error(api, 413, f"request body exceeds {limit} bytes",
+                              code="request_too_large")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self.error(api, 413, f"request body exceeds {limit} bytes",
+                              code="request_too_large")
+
+    async def pass_through(
+        self, request: web.Request, provider: ProviderConfig, rest: str
+    ) -> web.StreamResponse:
+        body = await self.read_body(request, provider.api)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            upstream = await self.session.request(
+                request.method, self.upstream_url(provider, rest, request.query_string),
+                headers=self.upstream_headers(request, provider), data=body or None,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self.error(provider.api, 502, f"upstream {provider.name} unreachable: {exc}",
+                              code="upstream_unreachable")
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status,
+                                          headers=_response_headers(upstream))
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def metered(
+        self, request: web.Request, provider: ProviderConfig, rest: str, kind: str,
+        started_at: float,
+    ) -> web.StreamResponse:
+        api = provider.api
+        raw = await self.read_body(request, api)
+        if isinstance(raw, web.Response):
+            return raw
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return self.error(api, 400, f"request body is not valid JSON: {exc}",
+                              code="invalid_json")
+        if not isinstance(body, dict):
+            return self.error(api, 400, "request body must be a JSON object", code="invalid_json")
+        model = body.get("model")
+        if kind == "gemini":
+            model = rest.rsplit("/", 1)[-1].split(":", 1)[0]
+        if not isinstance(model, str) or not model:
+            return self.error(api, 400, "request has no 'model'", code="missing_model")
+
+        who = self.attribution(request)
+        requested_model = model
+        price = self.price_for(provider.name, model)
+        if price is None:
+            return self.error(api, 400, f"model {model!r} has no price in the catalog",
+                              code="unknown_model_price")
+        scope = self.scope(provider.name, model, price, who)
+        now = self.store.now()
+        lines = counter_lines(self.policies.policies, scope, now, self.tz)
+        notes: list[str] = []
+        rewrite = False
+
+        # soft limits: past the action threshold, move to the cheaper model before reserving
+        if any(self.policies.by_id[ln.policy_id].type.value == "soft_limit" for ln in lines):
+            try:
+                totals = await self.store.totals([ln.key for ln in lines])
+            except StoreError as exc:
+                return self.store_down(api, exc)
+            moved, notes = soft_limit_move(self.policies.by_id, lines, totals)
+            if moved and moved != model:
+                moved_price = self.price_for(provider.name, moved)
+                if moved_price is not None:
+                    model, price = moved, moved_price
+                    body["model"] = moved
+                    rewrite = True
+                    scope = self.scope(provider.name, model, price, who)
+                    lines = counter_lines(self.policies.policies, scope, now, self.tz)
+
+        streaming = is_streaming(kind, body, rest)
+        strip_usage = False
+        if streaming and api == "openai" and kind in ("chat.completions", "completions"):
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                strip_usage = rewrite = True
+
+        input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
+        max_out = requested_max_output(kind, body)
+        if max_out is None:
+            max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+        reservation = Reservation(
+            reservation_id=uuid.uuid4().hex,
+            keys=tuple(ln.key for ln in lines),
+            cost_nusd=worst_case_nusd(input_tokens, max_out, price),
+            tokens=input_tokens + max_out,
+        )
+        try:
+            result = await self.store.reserve(reservation, lines, self.settings.reservation_ttl_s)
+        except StoreError as exc:
+            return self.store_down(api, exc)
+        if not result.ok:
+            return self.refuse(api, provider.name, lines, result, reservation)
+
+        meta = Metered(
+            provider=provider.name, api=api, endpoint=kind, route=rest, model=model,
+            requested_model=requested_model, price=price, attribution=who,
+            reservation=reservation, input_tokens_estimate=input_tokens, streamed=streaming,
+            started_at=started_at,
+        )
+        headers = self.budget_headers(lines, result, notes)
+        if rewrite:
+            raw = orjson.dumps(body)
+        return await self.forward(request, provider, rest, raw, meta, headers, strip_usage)
+
+    def scope(self, provider: str, model: str, price: ModelPrice, who: Attribution) -> RequestScope:
+        return RequestScope(
+            provider=provider, model=model, component=who.component, tier=price.tier,
+            task_type=who.task_type, session=who.session, task=who.task,
+        )
+
+    def budget_headers(
+        self, lines: list[CounterLine], result: ReserveResult, notes: list[str]
+    ) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        remaining = tightest_remaining(lines, result.totals)
+        if remaining.cost_usd is not None:
+            headers["X-Budget-Remaining-Cost"] = f"{remaining.cost_usd:.6f}"
+        if remaining.tokens is not None:
+            headers["X-Budget-Remaining-Tokens"] = str(remaining.tokens)
+        notes = notes + warnings(self.policies.by_id, lines, result.totals)
+        if notes:
+            headers["X-Budget-Warning"] = "; ".join(notes)
+        return headers
+
+    def refuse(
+        self, api: str, provider: str, lines: list[CounterLine], result: ReserveResult,
+        reservation: Reservation,
+    ) -> web.Response:
+        assert result.refused_index is not None
+        line = lines[result.refused_index]
+        totals = result.totals[result.refused_index]
+        policy = self.policies.by_id.get(line.policy_id)
+        label = (policy.name if policy and policy.name else line.policy_id)
+        period = policy.period.value if policy else "window"
+        parts = []
+        if line.limit_nusd is not None:
+            left = max(0, line.limit_nusd - totals.used_nusd)
+            parts.append(f"${nusd_to_usd(left):.6f} of ${nusd_to_usd(line.limit_nusd):.6f} left, "
+                         f"this request may cost up to ${nusd_to_usd(reservation.cost_nusd):.6f}")
+        if line.limit_tokens is not None:
+            left_t = max(0, line.limit_tokens - totals.used_tokens)
+            parts.append(f"{left_t} of {line.limit_tokens} tokens left, "
+                         f"this request may use up to {reservation.tokens}")
+        message = f"Budget exceeded: {period} hard limit {label}: " + "; ".join(parts)
+        headers = {"x-should-retry": "false", "X-Budget-Policy": line.policy_id}
+        retry = seconds_until(line.resets_at, self.store.now())
+        if retry is not None:
+            headers["Retry-After"] = str(retry)
+        for hook in self.on_refuse:
+            hook(provider, line.policy_id, "limit")
+        return self.error(api, 429, message, code="budget_exceeded", headers=headers)
+
+    def store_down(self, api: str, exc: StoreError) -> web.Response:
+        log.error("budget store unavailable: %s", exc)
+        return self.error(api, 503, "budget store unavailable; request not forwarded",
+                          code="budget_store_unavailable", headers={"Retry-After": "1"})
+
+    # forward and settle -------------------------------------------------------------------
+    async def forward(
+        self, request: web.Request, provider: ProviderConfig, rest: str, raw: bytes,
+        meta: Metered, budget_headers: dict[str, str], strip_usage: bool,
+    ) -> web.StreamResponse:
+        tap = UsageTap(api=meta.api, endpoint=meta.endpoint, strip_usage_chunk=strip_usage)
+        outcome = "error"
+        try:
+            try:
+                upstream = await self.session.post(
+                    self.upstream_url(provider, rest, request.query_string),
+                    headers=self.upstream_headers(request, provider), data=raw,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return self.error(meta.api, 502, f"upstream {provider.name} unreachable: {exc}",
+                                  code="upstream_unreachable")
+            async with upstream:
+                headers = _response_headers(upstream)
+                headers.update(budget_headers)
+                if upstream.status >= 400:
+                    body = await upstream.read()
+                    return web.Response(status=upstream.status, body=body, headers=headers)
+                if upstream.content_type == "text/event-stream":
+                    outcome = "aborted"
+                    response, complete = await self.relay_stream(request, upstream, headers, tap)
+                    if complete:
+                        outcome = "ok"
+                    return response
+                body = await upstream.read()
+                outcome = "ok"
+                try:
+                    parsed = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    parsed = None
+                if isinstance(parsed, dict):
+                    tap.observe_json(parsed)
+                return web.Response(status=upstream.status, body=body, headers=headers)
+        finally:
+            task = asyncio.ensure_future(self.settle(meta, tap, outcome))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+            await asyncio.shield(task)
+
+    async def relay_stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
+        tap: UsageTap,
+    ) -> tuple[web.StreamResponse, bool]:
+        """Relay SSE event by event; (response, whether the stream ran to its end)."""
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        parser = SSEParser()
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = [event for event in parser.feed(chunk) if tap.observe_event(event)]
+                if out:
+                    await response.write(b"".join(out))
+            rest = parser.flush()
+            if rest and tap.observe_event(rest):
+                await response.write(rest)
+            await response.write_eof()
+        except ConnectionResetError:
+            log.info("client went away mid-stream; settling from what was streamed")
+            return response, False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream stream broke: %s", exc)
+            return response, False
+        return response, True
+
+    async def settle(self, meta: Metered, tap: UsageTap, outcome: str) -> None:
+        """Settle from the provider's usage, or from what was streamed when it was cut short;
+        release when nothing reached the client (upstream error)."""
+        reservation = meta.reservation
+        if outcome == "error":
+            try:
+                await self.store.release(reservation)
+            except StoreError as exc:
+                log.error("release of %s failed: %s", reservation.reservation_id, exc)
+            return
+        usage = tap.usage
+        if usage is None:
+            usage = await self.usage_from_stream(meta, tap)
+        cost = cost_of(usage, meta.price)
+        who = meta.attribution
+        record = UsageRecord(
+            allocation_id=who.allocation_id, context_id=who.context_id, component=who.component,
+            session_id=who.session, task_id=who.task, task_type=who.task_type,
+            provider=meta.provider, model=meta.model, requested_model=meta.requested_model,
+            route=meta.endpoint,
+            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
+            input_cost=nusd_to_usd(cost.input_nusd), output_cost=nusd_to_usd(cost.output_nusd),
+            total_cost=nusd_to_usd(cost.total_nusd), pricing_id=meta.price.pricing_id,
+            status="ok" if tap.usage is not None else "aborted", streamed=meta.streamed,
+        )
+        try:
+            await self.store.settle(reservation, cost.total_nusd, usage.total_tokens, record)
+        except StoreError as exc:
+            log.error("settlement of %s failed: %s", record.record_id, exc)
+            return
+        for hook in self.on_settle:
+            maybe = hook(meta, record)
+            if maybe is not None:
+                await maybe
+
+    async def usage_from_stream(self, meta: Metered, tap: UsageTap) -> Usage:
+        """Usage of a stream cut short: the input the provider confirmed (Anthropic's
+        `message_start`) or our count of it, plus the output streamed so far counted with
+        tiktoken (in a thread when long, to keep the loop free)."""
+        text = tap.streamed_text()
+        if len(text) > 16_384:
+            loop = asyncio.get_running_loop()
+            output = await loop.run_in_executor(None, tokens.count_text, text, meta.model)
+        else:
+            output = tokens.count_text(text, meta.model)
+        if tap.anthropic_start is not None:
+            output = max(output, tap.anthropic_output_tokens or 0)
+            return from_anthropic(tap.anthropic_start, output_tokens=output)
+        return Usage(input_tokens=meta.input_tokens_estimate, output_tokens=output)
+
+    async def drain(self) -> None:
+        """Wait for in-flight settlements (shutdown)."""
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in RESPONSE_DROP}
+

@@ -1,0 +1,266 @@
+"""The embedded store: SQLite under `BUDGET_DATA_DIR`, no server needed.
+
+One process owns the database. Counter totals are mirrored in memory and every mutation is
+applied to memory and SQLite in the same synchronous step on the event loop (no `await` in
+between), so a reservation's check-and-add is atomic with respect to every other request of
+this process. SQLite runs in WAL mode with `synchronous=NORMAL`: a committed transaction
+survives a crash of the process (SIGKILL), which is what the proxy promises.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from budget_proxy.enforcement import CounterLine, ReserveResult, Totals, would_refuse
+from budget_proxy.models import Budget, BudgetPolicy, UsageRecord
+from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    spent_nusd INTEGER NOT NULL DEFAULT 0,
+    spent_tokens INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    reservation_id TEXT PRIMARY KEY,
+    keys TEXT NOT NULL,
+    cost_nusd INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policies (policy_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (budget_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS usage_records (
+    record_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    component TEXT,
+    provider TEXT,
+    model TEXT,
+    context_id TEXT,
+    session_id TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage_records (ts);
+"""
+
+
+class SqliteStore(Store):
+    kind = "embedded"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / "budget.db"
+        self._db: sqlite3.Connection | None = None
+        self._counters: dict[str, list[int]] = {}  # key -> [spent_nusd, reserved_nusd, spent_tok, reserved_tok]
+        self._reservations: dict[str, tuple[Reservation, float]] = {}
+        self._version = 0
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+        for key, spent, spent_tokens in db.execute("SELECT key, spent_nusd, spent_tokens FROM counters"):
+            self._counters[key] = [spent, 0, spent_tokens, 0]
+        rows = db.execute("SELECT reservation_id, keys, cost_nusd, tokens, expires_at FROM reservations")
+        for rid, keys, cost, tokens, expires_at in rows:
+            res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens)
+            self._hold(res, +1)
+            self._reservations[rid] = (res, expires_at)
+        row = db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
+        self._version = row[0] if row else 0
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("embedded store is not open")
+        return self._db
+
+    # counters -----------------------------------------------------------------------------
+    def _counter(self, key: str) -> list[int]:
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = [0, 0, 0, 0]
+        return counter
+
+    def _hold(self, res: Reservation, sign: int) -> None:
+        for key in res.keys:
+            counter = self._counter(key)
+            counter[1] = max(0, counter[1] + sign * res.cost_nusd)
+            counter[3] = max(0, counter[3] + sign * res.tokens)
+
+    @staticmethod
+    def _totals(counter: list[int]) -> Totals:
+        return Totals(counter[0], counter[1], counter[2], counter[3])
+
+    async def reserve(
+        self, reservation: Reservation, lines: Sequence[CounterLine], ttl_s: float
+    ) -> ReserveResult:
+        current = [self._totals(self._counter(line.key)) for line in lines]
+        for index, (line, tot) in enumerate(zip(lines, current, strict=True)):
+            if would_refuse(line, tot, reservation.cost_nusd, reservation.tokens):
+                return ReserveResult(False, tuple(current), index)
+        expires_at = time.time() + ttl_s
+        try:
+            self.db.execute(
+                "INSERT INTO reservations VALUES (?, ?, ?, ?, ?)",
+                (reservation.reservation_id, orjson.dumps(list(reservation.keys)).decode(),
+                 reservation.cost_nusd, reservation.tokens, expires_at),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+        self._hold(reservation, +1)
+        self._reservations[reservation.reservation_id] = (reservation, expires_at)
+        return ReserveResult(True, tuple(self._totals(self._counters[k]) for k in reservation.keys))
+
+    async def settle(
+        self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord
+    ) -> bool:
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _usage_row(record),
+            ).rowcount
+            if not inserted:
+                db.execute("ROLLBACK")
+                return False
+            held = reservation.reservation_id in self._reservations
+            db.execute("DELETE FROM reservations WHERE reservation_id = ?",
+                       (reservation.reservation_id,))
+            db.executemany(
+                "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
+                "spent_tokens = spent_tokens + excluded.spent_tokens",
+                [(key, cost_nusd, tokens) for key in reservation.keys],
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(str(exc)) from exc
+        if held:
+            self._hold(self._reservations.pop(reservation.reservation_id)[0], -1)
+        for key in reservation.keys:
+            counter = self._counter(key)
+            counter[0] += cost_nusd
+            counter[2] += tokens
+        return True
+
+    async def release(self, reservation: Reservation) -> None:
+        self._drop(reservation.reservation_id)
+
+    def _drop(self, reservation_id: str) -> bool:
+        held = self._reservations.pop(reservation_id, None)
+        if held is None:
+            return False
+        try:
+            self.db.execute("DELETE FROM reservations WHERE reservation_id = ?", (reservation_id,))
+        except sqlite3.Error as exc:
+            self._reservations[reservation_id] = held
+            raise StoreError(str(exc)) from exc
+        self._hold(held[0], -1)
+        return True
+
+    async def totals(self, keys: Sequence[str]) -> list[Totals]:
+        zero = [0, 0, 0, 0]
+        return [self._totals(self._counters.get(key, zero)) for key in keys]
+
+    async def reap_expired(self) -> int:
+        now = time.time()
+        expired = [rid for rid, (_, exp) in self._reservations.items() if exp <= now]
+        return sum(self._drop(rid) for rid in expired)
+
+    def open_reservations(self) -> int:
+        return len(self._reservations)
+
+    # entities -----------------------------------------------------------------------------
+    def _bump(self) -> None:
+        self._version += 1
+        self.db.execute(
+            "INSERT INTO meta VALUES ('config_version', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (self._version,)
+        )
+
+    async def list_policies(self) -> list[BudgetPolicy]:
+        rows = self.db.execute("SELECT body FROM policies ORDER BY rowid")
+        return [BudgetPolicy.model_validate_json(body) for (body,) in rows]
+
+    async def put_policy(self, policy: BudgetPolicy) -> None:
+        self.db.execute(
+            "INSERT INTO policies VALUES (?, ?) ON CONFLICT(policy_id) DO UPDATE SET body = excluded.body",
+            (policy.policy_id, policy.model_dump_json()),
+        )
+        self._bump()
+
+    async def delete_policy(self, policy_id: str) -> bool:
+        deleted = self.db.execute("DELETE FROM policies WHERE policy_id = ?", (policy_id,)).rowcount
+        self._bump()
+        return bool(deleted)
+
+    async def list_budgets(self) -> list[Budget]:
+        rows = self.db.execute("SELECT body FROM budgets ORDER BY rowid")
+        return [Budget.model_validate_json(body) for (body,) in rows]
+
+    async def put_budget(self, budget: Budget) -> None:
+        self.db.execute(
+            "INSERT INTO budgets VALUES (?, ?) ON CONFLICT(budget_id) DO UPDATE SET body = excluded.body",
+            (budget.budget_id, budget.model_dump_json()),
+        )
+        self._bump()
+
+    async def delete_budget(self, budget_id: str) -> bool:
+        deleted = self.db.execute("DELETE FROM budgets WHERE budget_id = ?", (budget_id,)).rowcount
+        self._bump()
+        return bool(deleted)
+
+    async def config_version(self) -> int:
+        return self._version
+
+    # usage --------------------------------------------------------------------------------
+    async def list_usage(self, query: UsageQuery) -> list[UsageRecord]:
+        clauses, params = _usage_where(query)
+        order = "DESC" if query.newest_first else "ASC"
+        sql = (f"SELECT body FROM usage_records {clauses} ORDER BY ts {order}, rowid {order} "
+               "LIMIT ? OFFSET ?")
+        rows = self.db.execute(sql, [*params, query.limit, query.offset])
+        return [UsageRecord.model_validate_json(body) for (body,) in rows]
+
+
+def _usage_row(record: UsageRecord) -> tuple[object, ...]:
+    return (
+        record.record_id, record.timestamp.timestamp(), record.component, record.provider,
+        record.model, record.context_id, record.session_id, record.model_dump_json(),
+    )
+
+
+def _usage_where(query: UsageQuery) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in (
+        ("component", query.component), ("provider", query.provider), ("model", query.model),
+        ("context_id", query.context_id), ("session_id", query.session_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.since is not None:
+        clauses.append("ts >= ?")
+        params.append(query.since.timestamp())
+    if query.until is not None:
+        clauses.append("ts < ?")
+        params.append(query.until.timestamp())
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
