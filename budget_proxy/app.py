@@ -55,7 +55,8 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     session = aiohttp.ClientSession(
-        timeout=timeout, connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        timeout=timeout, connector=connector, auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
     )
     proxy = Proxy(settings, app[STORE], app[CATALOG], app[POLICIES], session)
     app[PROXY] = proxy

@@ -97,7 +97,8 @@ class ConfigError(ValueError):
 
 
 def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
-    """Environment first, then the TOML file's `[proxy]` and `[providers.*]` tables, then overrides."""
+    """Settings from the TOML file's `[proxy]` and `[providers.*]` tables, overridden by the
+    environment, overridden by explicit arguments (the CLI's flags)."""
     env_settings = Settings()
     path = config_path or env_settings.config
     file_values: dict[str, object] = {}

@@ -100,7 +100,8 @@ class BudgetPolicy(_Entity):
 
     @model_validator(mode="after")
     def _needs_a_limit(self) -> BudgetPolicy:
-        if self.type is not PolicyType.IGNORE and self.token_limit is None and self.cost_limit is None:
+        unlimited = self.token_limit is None and self.cost_limit is None
+        if self.type is not PolicyType.IGNORE and unlimited:
             raise ValueError("a policy needs cost_limit or token_limit (or type 'ignore')")
         return self
 

@@ -71,11 +71,12 @@ class Store(ABC):
 
     @abstractmethod
     async def settle(
-        self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord
+        self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
     ) -> bool:
         """Turn the reservation into spend of the actual amounts and store the usage record.
-        Idempotent by `record.record_id`: returns False if that record was already applied.
-        Settles even if the reservation was already reaped (the call did happen)."""
+        Idempotent by `record.record_id` (by the reservation id when there is no record):
+        returns False if it was already applied. Settles even if the reservation was already
+        reaped (the call did happen)."""
 
     @abstractmethod
     async def release(self, reservation: Reservation) -> None:
@@ -89,35 +90,59 @@ class Store(ABC):
     async def reap_expired(self) -> int:
         """Release reservations past their deadline; returns how many were released."""
 
-    # entities -----------------------------------------------------------------------------
+    # documents --------------------------------------------------------------------------
+    # Entities (policies, budgets, allocations, alerts, keys, price versions) are JSON
+    # documents by kind; feature modules build on these four calls, so a new entity never
+    # needs a new method in every backend.
     @abstractmethod
-    async def list_policies(self) -> list[BudgetPolicy]: ...
+    async def put_doc(self, kind: str, doc_id: str, body: str, *, config: bool = False) -> None:
+        """Create or replace; `config=True` also moves `config_version` (policy-like data)."""
 
     @abstractmethod
-    async def put_policy(self, policy: BudgetPolicy) -> None: ...
+    async def add_doc(self, kind: str, doc_id: str, body: str) -> bool:
+        """Create only if absent, atomically across replicas; False if it already existed."""
 
     @abstractmethod
-    async def delete_policy(self, policy_id: str) -> bool: ...
+    async def get_doc(self, kind: str, doc_id: str) -> str | None: ...
 
     @abstractmethod
-    async def list_budgets(self) -> list[Budget]: ...
+    async def list_docs(self, kind: str) -> list[str]:
+        """All documents of a kind, oldest first."""
 
     @abstractmethod
-    async def put_budget(self, budget: Budget) -> None: ...
-
-    @abstractmethod
-    async def delete_budget(self, budget_id: str) -> bool: ...
+    async def delete_doc(self, kind: str, doc_id: str, *, config: bool = False) -> bool: ...
 
     @abstractmethod
     async def config_version(self) -> int:
-        """A number that changes whenever policies or budgets change (cache invalidation)."""
+        """A number that changes whenever config documents change (cache invalidation)."""
+
+    # typed helpers over documents ---------------------------------------------------------
+    async def list_policies(self) -> list[BudgetPolicy]:
+        return [BudgetPolicy.model_validate_json(d) for d in await self.list_docs("policy")]
+
+    async def get_policy(self, policy_id: str) -> BudgetPolicy | None:
+        doc = await self.get_doc("policy", policy_id)
+        return None if doc is None else BudgetPolicy.model_validate_json(doc)
+
+    async def put_policy(self, policy: BudgetPolicy) -> None:
+        await self.put_doc("policy", policy.policy_id, policy.model_dump_json(), config=True)
+
+    async def delete_policy(self, policy_id: str) -> bool:
+        return await self.delete_doc("policy", policy_id, config=True)
+
+    async def list_budgets(self) -> list[Budget]:
+        return [Budget.model_validate_json(d) for d in await self.list_docs("budget")]
+
+    async def get_budget(self, budget_id: str) -> Budget | None:
+        doc = await self.get_doc("budget", budget_id)
+        return None if doc is None else Budget.model_validate_json(doc)
+
+    async def put_budget(self, budget: Budget) -> None:
+        await self.put_doc("budget", budget.budget_id, budget.model_dump_json(), config=True)
+
+    async def delete_budget(self, budget_id: str) -> bool:
+        return await self.delete_doc("budget", budget_id, config=True)
 
     # usage --------------------------------------------------------------------------------
     @abstractmethod
     async def list_usage(self, query: UsageQuery) -> list[UsageRecord]: ...
-
-    async def get_policy(self, policy_id: str) -> BudgetPolicy | None:
-        return next((p for p in await self.list_policies() if p.policy_id == policy_id), None)
-
-    async def get_budget(self, budget_id: str) -> Budget | None:
-        return next((b for b in await self.list_budgets() if b.budget_id == budget_id), None)

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from budget_proxy.enforcement import CounterLine, ReserveResult, Totals, would_refuse
-from budget_proxy.models import Budget, BudgetPolicy, UsageRecord
+from budget_proxy.models import UsageRecord
 from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
 
 SCHEMA = """
@@ -33,8 +33,13 @@ CREATE TABLE IF NOT EXISTS reservations (
     tokens INTEGER NOT NULL,
     expires_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS policies (policy_id TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS budgets (budget_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (kind, doc_id)
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS usage_records (
     record_id TEXT PRIMARY KEY,
@@ -56,7 +61,8 @@ class SqliteStore(Store):
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / "budget.db"
         self._db: sqlite3.Connection | None = None
-        self._counters: dict[str, list[int]] = {}  # key -> [spent_nusd, reserved_nusd, spent_tok, reserved_tok]
+        # key -> [spent_nusd, reserved_nusd, spent_tokens, reserved_tokens]
+        self._counters: dict[str, list[int]] = {}
         self._reservations: dict[str, tuple[Reservation, float]] = {}
         self._version = 0
 
@@ -67,9 +73,12 @@ class SqliteStore(Store):
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
         self._db = db
-        for key, spent, spent_tokens in db.execute("SELECT key, spent_nusd, spent_tokens FROM counters"):
+        counters = db.execute("SELECT key, spent_nusd, spent_tokens FROM counters")
+        for key, spent, spent_tokens in counters:
             self._counters[key] = [spent, 0, spent_tokens, 0]
-        rows = db.execute("SELECT reservation_id, keys, cost_nusd, tokens, expires_at FROM reservations")
+        rows = db.execute(
+            "SELECT reservation_id, keys, cost_nusd, tokens, expires_at FROM reservations"
+        )
         for rid, keys, cost, tokens, expires_at in rows:
             res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens)
             self._hold(res, +1)
@@ -126,15 +135,21 @@ class SqliteStore(Store):
         return ReserveResult(True, tuple(self._totals(self._counters[k]) for k in reservation.keys))
 
     async def settle(
-        self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord
+        self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
     ) -> bool:
         db = self.db
         try:
             db.execute("BEGIN")
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                _usage_row(record),
-            ).rowcount
+            if record is None:
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
+                    (reservation.reservation_id,),
+                ).rowcount
+            else:
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _usage_row(record),
+                ).rowcount
             if not inserted:
                 db.execute("ROLLBACK")
                 return False
@@ -187,7 +202,7 @@ class SqliteStore(Store):
     def open_reservations(self) -> int:
         return len(self._reservations)
 
-    # entities -----------------------------------------------------------------------------
+    # documents --------------------------------------------------------------------------
     def _bump(self) -> None:
         self._version += 1
         self.db.execute(
@@ -195,36 +210,43 @@ class SqliteStore(Store):
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (self._version,)
         )
 
-    async def list_policies(self) -> list[BudgetPolicy]:
-        rows = self.db.execute("SELECT body FROM policies ORDER BY rowid")
-        return [BudgetPolicy.model_validate_json(body) for (body,) in rows]
+    async def put_doc(self, kind: str, doc_id: str, body: str, *, config: bool = False) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO docs (kind, doc_id, body) VALUES (?, ?, ?) "
+                "ON CONFLICT(kind, doc_id) DO UPDATE SET body = excluded.body",
+                (kind, doc_id, body),
+            )
+            if config:
+                self._bump()
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
 
-    async def put_policy(self, policy: BudgetPolicy) -> None:
-        self.db.execute(
-            "INSERT INTO policies VALUES (?, ?) ON CONFLICT(policy_id) DO UPDATE SET body = excluded.body",
-            (policy.policy_id, policy.model_dump_json()),
-        )
-        self._bump()
+    async def add_doc(self, kind: str, doc_id: str, body: str) -> bool:
+        try:
+            return bool(self.db.execute(
+                "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES (?, ?, ?)",
+                (kind, doc_id, body),
+            ).rowcount)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
 
-    async def delete_policy(self, policy_id: str) -> bool:
-        deleted = self.db.execute("DELETE FROM policies WHERE policy_id = ?", (policy_id,)).rowcount
-        self._bump()
-        return bool(deleted)
+    async def get_doc(self, kind: str, doc_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT body FROM docs WHERE kind = ? AND doc_id = ?", (kind, doc_id)
+        ).fetchone()
+        return None if row is None else row[0]
 
-    async def list_budgets(self) -> list[Budget]:
-        rows = self.db.execute("SELECT body FROM budgets ORDER BY rowid")
-        return [Budget.model_validate_json(body) for (body,) in rows]
+    async def list_docs(self, kind: str) -> list[str]:
+        rows = self.db.execute("SELECT body FROM docs WHERE kind = ? ORDER BY seq", (kind,))
+        return [body for (body,) in rows]
 
-    async def put_budget(self, budget: Budget) -> None:
-        self.db.execute(
-            "INSERT INTO budgets VALUES (?, ?) ON CONFLICT(budget_id) DO UPDATE SET body = excluded.body",
-            (budget.budget_id, budget.model_dump_json()),
-        )
-        self._bump()
-
-    async def delete_budget(self, budget_id: str) -> bool:
-        deleted = self.db.execute("DELETE FROM budgets WHERE budget_id = ?", (budget_id,)).rowcount
-        self._bump()
+    async def delete_doc(self, kind: str, doc_id: str, *, config: bool = False) -> bool:
+        deleted = self.db.execute(
+            "DELETE FROM docs WHERE kind = ? AND doc_id = ?", (kind, doc_id)
+        ).rowcount
+        if config and deleted:
+            self._bump()
         return bool(deleted)
 
     async def config_version(self) -> int:

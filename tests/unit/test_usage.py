@@ -5,7 +5,14 @@ from decimal import Decimal
 
 import pytest
 
-from budget_proxy.usage import Usage, cost_of, from_anthropic, from_gemini, from_openai, worst_case_nusd
+from budget_proxy.usage import (
+    Usage,
+    cost_of,
+    from_anthropic,
+    from_gemini,
+    from_openai,
+    worst_case_nusd,
+)
 
 
 @dataclass
