@@ -15,9 +15,11 @@ import aiohttp
 from aiohttp import web
 
 from budget_proxy import tokens
-from budget_proxy.admin import admin_routes, auth_middleware
-from budget_proxy.appkeys import CATALOG, POLICIES, PROXY, SETTINGS, STORE
+from budget_proxy.api import all_routes
+from budget_proxy.api.common import auth_middleware
+from budget_proxy.appkeys import CATALOG, EVENTS, POLICIES, PROXY, SETTINGS, STORE
 from budget_proxy.config import Settings
+from budget_proxy.events import EventBus
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import PriceCatalog
 from budget_proxy.proxy import Proxy
@@ -40,6 +42,8 @@ def make_store(settings: Settings) -> Store:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    # tokenizer set-up holds the GIL for a while: finish it before serving traffic
+    await asyncio.to_thread(tokens.warm_up)
     store = app[STORE]
     await store.start()
     policies = app[POLICIES]
@@ -82,7 +86,6 @@ async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(reaper(), name="reaper"),
         asyncio.create_task(app[POLICIES].poll(POLICY_POLL_INTERVAL_S), name="policy-poll"),
-        asyncio.create_task(asyncio.to_thread(tokens.warm_up), name="tiktoken-warm-up"),
     ]
     yield
     for task in tasks:
@@ -105,8 +108,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[STORE] = store or make_store(settings)
     app[POLICIES] = PolicyCache(app[STORE])
     app[CATALOG] = PriceCatalog.load_default()
+    app[EVENTS] = EventBus()
     app.cleanup_ctx.extend([_store_ctx, _http_ctx, _loops_ctx])
-    app.router.add_routes(admin_routes())
+    app.router.add_routes(all_routes())
     app.router.add_route("*", "/{provider}/{tail:.*}", _proxy_handler)
     return app
 

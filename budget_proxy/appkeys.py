@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from budget_proxy.config import Settings
+from budget_proxy.events import EventBus
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import PriceCatalog
 from budget_proxy.proxy import Proxy
@@ -15,3 +16,4 @@ STORE = web.AppKey("store", Store)
 POLICIES = web.AppKey("policies", PolicyCache)
 CATALOG = web.AppKey("catalog", PriceCatalog)
 PROXY = web.AppKey("proxy", Proxy)
+EVENTS = web.AppKey("events", EventBus)

@@ -138,3 +138,27 @@ class UsageRecord(_Entity):
     streamed: bool = False
     timestamp: datetime = Field(default_factory=utcnow)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class AlertSeverity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alert(_Entity):
+    """A budget event worth a human's attention. `alert_id` is deterministic for threshold
+    alerts (policy, window, threshold), so each is raised once per window across replicas."""
+
+    alert_id: str = Field(default_factory=lambda: new_id("alr"))
+    type: str  # warning_threshold, action_threshold, limit_reached, price_change, price_conflict
+    severity: AlertSeverity = AlertSeverity.WARNING
+    message: str
+    policy_id: str | None = None
+    budget_id: str | None = None
+    window: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    acknowledged: bool = False
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -90,12 +90,30 @@ class Metered:
     reservation: Reservation
     input_tokens_estimate: int
     streamed: bool
-    started_at: float
+    started_at: float  # perf_counter() when the request arrived
+    # timing points (perf_counter) for the proxy's own overhead vs the upstream's time
+    upstream_sent_at: float = 0.0
+    upstream_headers_at: float = 0.0
+    first_chunk_at: float = 0.0
+    upstream_done_at: float = 0.0
+    finished_at: float = 0.0
+    status: int = 0
+    outcome: str = "error"  # ok | aborted | error (upstream error or unreachable)
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def overhead_s(self) -> float:
+        """Time spent in the proxy itself: before the upstream call and after its end."""
+        if not self.upstream_sent_at:
+            return 0.0
+        before = self.upstream_sent_at - self.started_at
+        after = max(0.0, self.finished_at - (self.upstream_done_at or self.finished_at))
+        return before + after
 
-# hooks the rest of the application attaches (metrics, events, alerts); all optional
-SettleHook = Callable[[Metered, UsageRecord], Awaitable[None] | None]
+
+# hooks the rest of the application attaches (metrics, events, alerts). They run after the
+# response is complete, must not block, and schedule their own tasks for any I/O.
+FinishHook = Callable[[Metered, UsageRecord | None], None]  # record None: nothing charged
 RefuseHook = Callable[[str, str, str], None]  # provider, policy_id, reason
 
 
@@ -116,7 +134,7 @@ class Proxy:
         self.providers: dict[str, ProviderConfig] = settings.all_providers()
         self.tz = ZoneInfo(settings.timezone)
         self.background: set[asyncio.Task[Any]] = set()
-        self.on_settle: list[SettleHook] = []
+        self.on_finish: list[FinishHook] = []
         self.on_refuse: list[RefuseHook] = []
         self.identify_key: Callable[[str], Attribution | None] | None = None
 
@@ -377,46 +395,56 @@ class Proxy:
         meta: Metered, budget_headers: dict[str, str], strip_usage: bool,
     ) -> web.StreamResponse:
         tap = UsageTap(api=meta.api, endpoint=meta.endpoint, strip_usage_chunk=strip_usage)
-        outcome = "error"
         try:
+            meta.upstream_sent_at = time.perf_counter()
             try:
                 upstream = await self.session.post(
                     self.upstream_url(provider, rest, request.query_string),
                     headers=self.upstream_headers(request, provider), data=raw,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
+                meta.status = 502
                 return self.error(meta.api, 502, f"upstream {provider.name} unreachable: {exc}",
                                   code="upstream_unreachable")
+            meta.upstream_headers_at = time.perf_counter()
+            meta.status = upstream.status
             async with upstream:
                 headers = _response_headers(upstream)
                 headers.update(budget_headers)
                 if upstream.status >= 400:
                     body = await upstream.read()
+                    meta.upstream_done_at = time.perf_counter()
                     return web.Response(status=upstream.status, body=body, headers=headers)
                 if upstream.content_type == "text/event-stream":
-                    outcome = "aborted"
-                    response, complete = await self.relay_stream(request, upstream, headers, tap)
+                    meta.outcome = "aborted"
+                    response, complete = await self.relay_stream(
+                        request, upstream, headers, tap, meta)
                     if complete:
-                        outcome = "ok"
+                        meta.outcome = "ok"
                     return response
                 body = await upstream.read()
-                outcome = "ok"
+                meta.first_chunk_at = meta.upstream_done_at = time.perf_counter()
+                meta.outcome = "ok"
                 try:
                     parsed = orjson.loads(body)
                 except orjson.JSONDecodeError:
                     parsed = None
                 if isinstance(parsed, dict):
                     tap.observe_json(parsed)
-                return web.Response(status=upstream.status, body=body, headers=headers)
+                response = web.Response(status=upstream.status, body=body, headers=headers)
+                await response.prepare(request)
+                await response.write_eof()
+                return response
         finally:
-            task = asyncio.ensure_future(self.settle(meta, tap, outcome))
+            meta.finished_at = time.perf_counter()
+            task = asyncio.ensure_future(self.settle(meta, tap, meta.outcome))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
             await asyncio.shield(task)
 
     async def relay_stream(
         self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
-        tap: UsageTap,
+        tap: UsageTap, meta: Metered,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay SSE event by event; (response, whether the stream ran to its end)."""
         response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -424,9 +452,12 @@ class Proxy:
         parser = SSEParser()
         try:
             async for chunk in upstream.content.iter_any():
+                if not meta.first_chunk_at:
+                    meta.first_chunk_at = time.perf_counter()
                 out = [event for event in parser.feed(chunk) if tap.observe_event(event)]
                 if out:
                     await response.write(b"".join(out))
+            meta.upstream_done_at = time.perf_counter()
             rest = parser.flush()
             if rest and tap.observe_event(rest):
                 await response.write(rest)
@@ -448,6 +479,8 @@ class Proxy:
                 await self.store.release(reservation)
             except StoreError as exc:
                 log.error("release of %s failed: %s", reservation.reservation_id, exc)
+            for hook in self.on_finish:
+                hook(meta, None)
             return
         usage = tap.usage
         if usage is None:
@@ -471,10 +504,8 @@ class Proxy:
         except StoreError as exc:
             log.error("settlement of %s failed: %s", record.record_id, exc)
             return
-        for hook in self.on_settle:
-            maybe = hook(meta, record)
-            if maybe is not None:
-                await maybe
+        for hook in self.on_finish:
+            hook(meta, record)
 
     async def usage_from_stream(self, meta: Metered, tap: UsageTap) -> Usage:
         """Usage of a stream cut short: the input the provider confirmed (Anthropic's
