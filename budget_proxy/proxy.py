@@ -88,6 +88,7 @@ class Metered:
     price: ModelPrice
     attribution: Attribution
     reservation: Reservation
+    lines: tuple[CounterLine, ...]
     input_tokens_estimate: int
     streamed: bool
     started_at: float  # perf_counter() when the request arrived
@@ -115,6 +116,7 @@ class Metered:
 # response is complete, must not block, and schedule their own tasks for any I/O.
 FinishHook = Callable[[Metered, UsageRecord | None], None]  # record None: nothing charged
 RefuseHook = Callable[[str, str, str], None]  # provider, policy_id, reason
+StoreFailureHook = Callable[[str], None]  # operation (reserve, settle, release, ...)
 
 
 class Proxy:
@@ -136,6 +138,7 @@ class Proxy:
         self.background: set[asyncio.Task[Any]] = set()
         self.on_finish: list[FinishHook] = []
         self.on_refuse: list[RefuseHook] = []
+        self.on_store_failure: list[StoreFailureHook] = []
         self.identify_key: Callable[[str], Attribution | None] | None = None
 
     # routing ------------------------------------------------------------------------------
@@ -328,7 +331,8 @@ class Proxy:
         meta = Metered(
             provider=provider.name, api=api, endpoint=kind, route=rest, model=model,
             requested_model=requested_model, price=price, attribution=who,
-            reservation=reservation, input_tokens_estimate=input_tokens, streamed=streaming,
+            reservation=reservation, lines=tuple(lines), input_tokens_estimate=input_tokens,
+            streamed=streaming,
             started_at=started_at,
         )
         headers = self.budget_headers(lines, result, notes)
