@@ -2,8 +2,6 @@
 
 import asyncio
 
-import pytest
-
 from budget_proxy.enforcement import CounterLine
 from budget_proxy.models import Budget, BudgetPolicy, UsageRecord
 from budget_proxy.store.base import Reservation, Store, UsageQuery
