@@ -1,14 +1,21 @@
 """The embedded store: SQLite under `BUDGET_DATA_DIR`, no server needed.
 
 One process owns the database. Counter totals are mirrored in memory and every mutation is
-applied to memory and SQLite in the same synchronous step on the event loop (no `await` in
-between), so a reservation's check-and-add is atomic with respect to every other request of
-this process. SQLite runs in WAL mode with `synchronous=NORMAL`: a committed transaction
-survives a crash of the process (SIGKILL), which is what the proxy promises.
+applied to memory in one synchronous step on the event loop (no `await` in between), so a
+reservation's check-and-add is atomic with respect to every other request of this process.
+
+Durability: a settlement (usage record plus spend) is one SQLite transaction, committed before
+the settlement completes; WAL with `synchronous=NORMAL` keeps committed transactions across a
+crash of the process (SIGKILL). Reservations are held in memory and checkpointed to SQLite
+every `CHECKPOINT_INTERVAL_S` (a write per request would double the store's cost on the hot
+path): after a crash, holds older than that come back and the reaper releases them at their
+deadline; a younger hold is simply released at once, which frees budget, never overspends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -19,6 +26,8 @@ import orjson
 from budget_proxy.enforcement import CounterLine, ReserveResult, Totals, would_refuse
 from budget_proxy.models import UsageRecord
 from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
+
+CHECKPOINT_INTERVAL_S = 0.5  # how often in-memory reservations are written to SQLite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
@@ -64,6 +73,8 @@ class SqliteStore(Store):
         # key -> [spent_nusd, reserved_nusd, spent_tokens, reserved_tokens]
         self._counters: dict[str, list[int]] = {}
         self._reservations: dict[str, tuple[Reservation, float]] = {}
+        self._reservations_dirty = False
+        self._checkpointer: asyncio.Task[None] | None = None
         self._version = 0
 
     async def start(self) -> None:
@@ -85,11 +96,46 @@ class SqliteStore(Store):
             self._reservations[rid] = (res, expires_at)
         row = db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
         self._version = row[0] if row else 0
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop())
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         if self._db is not None:
+            self.checkpoint()
             self._db.close()
             self._db = None
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            try:
+                self.checkpoint()
+            except StoreError:
+                pass  # retried next round; holds stay correct in memory
+
+    def checkpoint(self) -> None:
+        """Write the open reservations to SQLite (replacing the previous checkpoint)."""
+        if not self._reservations_dirty:
+            return
+        rows = [
+            (rid, orjson.dumps(list(res.keys)).decode(), res.cost_nusd, res.tokens, expires_at)
+            for rid, (res, expires_at) in self._reservations.items()
+        ]
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM reservations")
+            db.executemany("INSERT INTO reservations VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(str(exc)) from exc
+        self._reservations_dirty = False
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -121,17 +167,11 @@ class SqliteStore(Store):
         for index, (line, tot) in enumerate(zip(lines, current, strict=True)):
             if would_refuse(line, tot, reservation.cost_nusd, reservation.tokens):
                 return ReserveResult(False, tuple(current), index)
-        expires_at = time.time() + ttl_s
-        try:
-            self.db.execute(
-                "INSERT INTO reservations VALUES (?, ?, ?, ?, ?)",
-                (reservation.reservation_id, orjson.dumps(list(reservation.keys)).decode(),
-                 reservation.cost_nusd, reservation.tokens, expires_at),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        if self._db is None:
+            raise StoreError("embedded store is not open")
         self._hold(reservation, +1)
-        self._reservations[reservation.reservation_id] = (reservation, expires_at)
+        self._reservations[reservation.reservation_id] = (reservation, time.time() + ttl_s)
+        self._reservations_dirty = True
         return ReserveResult(True, tuple(self._totals(self._counters[k]) for k in reservation.keys))
 
     async def settle(
@@ -154,8 +194,6 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK")
                 return False
             held = reservation.reservation_id in self._reservations
-            db.execute("DELETE FROM reservations WHERE reservation_id = ?",
-                       (reservation.reservation_id,))
             db.executemany(
                 "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
@@ -169,6 +207,7 @@ class SqliteStore(Store):
             raise StoreError(str(exc)) from exc
         if held:
             self._hold(self._reservations.pop(reservation.reservation_id)[0], -1)
+            self._reservations_dirty = True
         for key in reservation.keys:
             counter = self._counter(key)
             counter[0] += cost_nusd
@@ -182,12 +221,8 @@ class SqliteStore(Store):
         held = self._reservations.pop(reservation_id, None)
         if held is None:
             return False
-        try:
-            self.db.execute("DELETE FROM reservations WHERE reservation_id = ?", (reservation_id,))
-        except sqlite3.Error as exc:
-            self._reservations[reservation_id] = held
-            raise StoreError(str(exc)) from exc
         self._hold(held[0], -1)
+        self._reservations_dirty = True
         return True
 
     async def totals(self, keys: Sequence[str]) -> list[Totals]:

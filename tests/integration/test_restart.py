@@ -10,7 +10,10 @@ import sys
 import httpx
 import openai
 
+from budget_proxy.store.sqlite import CHECKPOINT_INTERVAL_S
 from budget_proxy.testing.fake_provider import FakeProvider
+
+CHECKPOINT_WAIT_S = CHECKPOINT_INTERVAL_S * 2
 
 
 def env_for(fake_url: str, data_dir, **extra: str) -> dict[str, str]:
@@ -62,11 +65,11 @@ async def test_reservations_of_a_killed_process_are_reaped_after_their_deadline(
     fake: FakeProvider, tmp_path, proxy_process_factory
 ):
     env = env_for(fake.url, tmp_path / "data",  # type: ignore[attr-defined]
-                  BUDGET_RESERVATION_TTL_S="2", BUDGET_REAPER_INTERVAL_S="0.2")
+                  BUDGET_RESERVATION_TTL_S="8", BUDGET_REAPER_INTERVAL_S="0.2")
     first = await asyncio.to_thread(proxy_process_factory, env)
     made = await asyncio.to_thread(cli, first.url, "set-limit", "daily", "100")
     assert made.returncode == 0, made.stderr
-    fake.response_delay_s = 4  # the call is in flight when the process dies
+    fake.response_delay_s = 3  # the call is in flight when the process dies
     request = asyncio.create_task(
         openai.AsyncOpenAI(base_url=f"{first.url}/v1", api_key="x", max_retries=0)
         .chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
@@ -76,6 +79,7 @@ async def test_reservations_of_a_killed_process_are_reaped_after_their_deadline(
             break
         await asyncio.sleep(0.05)
     assert fake.requests
+    await asyncio.sleep(CHECKPOINT_WAIT_S)  # holds are checkpointed, not written per request
     first.stop(signal.SIGKILL)
     request.cancel()
     fake.response_delay_s = 0
@@ -83,7 +87,7 @@ async def test_reservations_of_a_killed_process_are_reaped_after_their_deadline(
     second = await asyncio.to_thread(proxy_process_factory, env)
     status = await get_json(f"{second.url}/api/status")
     assert status["policies"][0]["reserved"] > 0  # the dead process's hold survived
-    for _ in range(100):
+    for _ in range(200):
         status = await get_json(f"{second.url}/api/status")
         if status["policies"][0]["reserved"] == 0:
             break
