@@ -1,18 +1,33 @@
-"""Backends the contract suite runs against; the Redis backends join this list."""
+"""Backends the contract suite runs against: embedded, Redis (one server) and Redis Cluster
+(3 masters), each on real servers the tests start (`tests.redis_servers`)."""
 
 from collections.abc import AsyncIterator
 
 import pytest
 
 from budget_proxy.store.base import Store
+from budget_proxy.store.redis import RedisStore
 from budget_proxy.store.sqlite import SqliteStore
+from tests.redis_servers import (  # noqa: F401 - fixtures
+    redis_cluster,
+    redis_factory,
+    redis_server,
+)
 
-BACKENDS = ["embedded"]
+BACKENDS = ["embedded", "redis", "redis_cluster"]
 
 
 async def make_backend(name: str, request: pytest.FixtureRequest, tmp_path) -> Store:
     if name == "embedded":
         return SqliteStore(tmp_path)
+    if name == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flushall()
+        return RedisStore(server.url, data_dir=tmp_path)
+    if name == "redis_cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        return RedisStore(cluster.url, data_dir=tmp_path)
     raise ValueError(name)
 
 

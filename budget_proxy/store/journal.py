@@ -1,0 +1,151 @@
+"""The settlement journal: a local, durable outbox for usage Redis has not acknowledged yet.
+
+Why write-ahead (journal first, then apply) rather than "apply, journal on failure": the
+proxy learns a call's usage only in memory, after the provider answered. If the proxy is
+killed (SIGKILL, OOM kill, pod eviction) between that moment and Redis' acknowledgement -
+which with Redis slow or gone lasts up to a socket timeout - an apply-first design loses the
+record, and no later step can recover it. Appending to the journal first closes that window:
+once `append` returns, the settlement survives a SIGKILL, and is applied by the request
+itself, by the replay loop, or by the next start of the proxy. Applying is idempotent by
+settle id (`settle.lua`), so an entry applied but not yet marked done (a crash in between,
+or a reply lost to a timeout) is simply a no-op when replayed: exactly once in effect.
+
+The cost is one small SQLite insert per settlement on the hot path (WAL, `synchronous=NORMAL`:
+no fsync, durable across a process crash, which is what we promise); marking entries done is
+batched. The journal lives under `BUDGET_DATA_DIR` as `redis-journal.db`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from budget_proxy.store.base import StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settlements (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+DONE_BATCH = 256  # flush done marks once this many are waiting ...
+DONE_FLUSH_S = 0.25  # ... or this long after the last flush
+
+
+class SettlementJournaled(StoreError):
+    """The store could not apply a settlement now, but it is durably journaled and will be
+    applied exactly once when the store is back: nothing is lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Everything needed to apply one settlement later, on any replica."""
+
+    settle_id: str  # the record id, or the reservation id when there is no record
+    reservation_id: str
+    keys: tuple[str, ...]
+    cost_nusd: int
+    tokens: int
+    record_json: str | None
+    record_ts_s: float = 0.0
+
+    def dumps(self) -> bytes:
+        return orjson.dumps([self.settle_id, self.reservation_id, list(self.keys),
+                             self.cost_nusd, self.tokens, self.record_json, self.record_ts_s])
+
+    @classmethod
+    def loads(cls, body: bytes) -> Settlement:
+        sid, rid, keys, cost, tokens, record, ts = orjson.loads(body)
+        return cls(sid, rid, tuple(keys), cost, tokens, record, ts)
+
+
+class Journal:
+    """Append-only SQLite outbox; `append` is synchronous so nothing can interleave with it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._done: list[int] = []
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=5.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self.flush()
+            finally:
+                self._db.close()
+                self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("settlement journal is not open")
+        return self._db
+
+    def append(self, settlement: Settlement) -> int:
+        """Durably record a settlement before it is applied; returns its sequence number."""
+        try:
+            with self._lock:
+                cursor = self.db.execute(
+                    "INSERT INTO settlements (created_at, body) VALUES (?, ?)",
+                    (time.time(), settlement.dumps()),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"settlement journal: {exc}") from exc
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def done(self, seq: int) -> None:
+        """Mark an entry applied. Batched: an entry applied but not yet removed when the
+        process dies is replayed, which the idempotent settle turns into a no-op."""
+        self._done.append(seq)
+        if len(self._done) >= DONE_BATCH or time.monotonic() - self._last_flush >= DONE_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        try:
+            with self._lock:
+                self.db.execute("BEGIN")
+                self.db.executemany("DELETE FROM settlements WHERE seq = ?",
+                                    [(seq,) for seq in done])
+                self.db.execute("COMMIT")
+        except sqlite3.Error:
+            self._done.extend(done)  # retried at the next flush; replays are harmless
+
+    def pending(self, limit: int = 500, exclude: set[int] | frozenset[int] = frozenset()
+                ) -> list[tuple[int, Settlement]]:
+        """Entries not yet marked done, oldest first, skipping `exclude` (being applied)."""
+        self.flush()
+        waiting = set(self._done)
+        rows = self.db.execute(
+            "SELECT seq, body FROM settlements ORDER BY seq LIMIT ?", (limit + len(exclude),)
+        ).fetchall()
+        out = [(seq, Settlement.loads(body)) for seq, body in rows
+               if seq not in exclude and seq not in waiting]
+        return out[:limit]
+
+    def count(self) -> int:
+        """Entries not yet marked done (including ones being applied right now)."""
+        self.flush()
+        (n,) = self.db.execute("SELECT COUNT(*) FROM settlements").fetchone()
+        return int(n)

@@ -1,0 +1,121 @@
+"""Every Redis key, channel and TTL of the Redis store, in one place (like `arq.constants`).
+
+Layout rules:
+
+- Every key starts with `bp:` and carries exactly one hash tag (`{...}`, the first braces in
+  the name), so Redis Cluster places all keys one Lua script touches in one slot.
+- Counters, their reservations, the reaper's deadline index and the settle dedupe keys of one
+  *counter group* share the tag `{c:<group>}`. The group of a counter key
+  (`"{policy_id}:{window_id}"`, `"alloc:{id}"`) is its policy id (or `alloc:<id>`), so every
+  window of one policy lives in one slot and a request is reserved in one script per policy
+  group. On a standalone server all of a request's counters go to one script anyway.
+- Documents (policies, budgets, ... and `config_version`) share `{d}`; usage records and their
+  indexes share `{u}`; store-wide bookkeeping shares `{m}`.
+- No limit amount ever appears in a key: editing a policy's limit never resets its spend.
+
+Units: amounts are integer nano-USD (`*_nusd`) and integer tokens; times are milliseconds
+since the epoch of Redis `TIME` (the one clock) unless a name says `_s`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "bp"
+
+# --- counter groups: tag {c:<group>} ------------------------------------------------------
+# hash, fields sn/rn (spent/reserved nano-USD) and st/rt (spent/reserved tokens)
+COUNTER = PREFIX + ":{{c:{group}}}:ctr:{key}"
+# hash of one request's hold on one group: c (nano-USD), t (tokens), k (JSON list of the
+# counter keys held), d (deadline, ms). No TTL: only settle, release or the reaper delete it,
+# so a hold can never vanish while its amount is still counted as reserved.
+RESERVATION = PREFIX + ":{{c:{group}}}:res:{reservation_id}"
+RESERVATION_PREFIX = PREFIX + ":{{c:{group}}}:res:"
+# sorted set: reservation id -> deadline (ms, Redis TIME); what the reaper scans
+DEADLINES = PREFIX + ":{{c:{group}}}:deadlines"
+# string set NX by the settle script of a group: the settlement was applied to this group
+SETTLED = PREFIX + ":{{c:{group}}}:done:{settle_id}"
+
+# --- documents: tag {d} --------------------------------------------------------------------
+DOCS = PREFIX + ":{{d}}:doc:{kind}"  # hash doc_id -> JSON body
+DOC_ORDER = PREFIX + ":{{d}}:order:{kind}"  # sorted set doc_id -> creation sequence
+DOC_SEQ = PREFIX + ":{d}:seq"  # integer, creation sequence of documents
+CONFIG_VERSION = PREFIX + ":{d}:config_version"  # integer, INCR on every config change
+
+# --- usage records: tag {u} ------------------------------------------------------------------
+USAGE_RECORDS = PREFIX + ":{u}:rec"  # hash record_id -> UsageRecord JSON (kept forever)
+USAGE_INDEX_ALL = PREFIX + ":{u}:idx:all"  # sorted set record_id -> timestamp (s)
+USAGE_INDEX = PREFIX + ":{{u}}:idx:{field}:{value}"  # same, for one value of one field
+USAGE_SETTLED = PREFIX + ":{{u}}:done:{settle_id}"  # dedupe of settlements without a record
+USAGE_INDEX_FIELDS = ("component", "provider", "model", "context_id", "session_id")
+
+# --- store-wide bookkeeping: tag {m} ---------------------------------------------------------
+GROUPS = PREFIX + ":{m}:groups"  # set of counter groups that may hold reservations (reaper)
+
+# --- pub/sub channels (not keys: no slot) ----------------------------------------------------
+CONFIG_CHANNEL = PREFIX + ":config"  # {"origin": replica, "version": n}
+EVENTS_CHANNEL = PREFIX + ":events"  # {"origin": replica, "events": [{...}, ...]}
+
+# --- TTLs ------------------------------------------------------------------------------------
+# A calendar window's counter lives this long after the window ends (status and late
+# settlements of requests that started in the window), then expires on its own.
+COUNTER_AFTER_WINDOW_S = 7 * 24 * 3600
+# Counters of windows without an end (per_session, per_task, allocations) expire after this
+# long without a reservation or settlement.
+COUNTER_IDLE_S = 90 * 24 * 3600
+# How long a group's settle dedupe key lives: longer than any journal entry waits for replay.
+# Settlements with a usage record are also deduplicated by the record itself, forever.
+SETTLED_TTL_S = 7 * 24 * 3600
+
+# prefixes of counter keys whose group is the first two segments (`alloc:<id>`), not one
+MULTI_SEGMENT_GROUPS = frozenset({"alloc"})
+
+
+def counter_group(counter_key: str) -> str:
+    """The group (hash tag content) of a counter key: its policy id, or `alloc:<id>`.
+
+    Braces cannot appear inside a hash tag, so a group name with them is replaced by a digest.
+    """
+    head, _, rest = counter_key.partition(":")
+    group = head
+    if head in MULTI_SEGMENT_GROUPS and rest:
+        group = f"{head}:{rest.partition(':')[0]}"
+    if "{" in group or "}" in group:
+        group = "h-" + hashlib.sha1(group.encode()).hexdigest()[:16]
+    return group
+
+
+def counter(counter_key: str, group: str | None = None) -> str:
+    return COUNTER.format(group=group or counter_group(counter_key), key=counter_key)
+
+
+def reservation(group: str, reservation_id: str) -> str:
+    return RESERVATION.format(group=group, reservation_id=reservation_id)
+
+
+def reservation_prefix(group: str) -> str:
+    return RESERVATION_PREFIX.format(group=group)
+
+
+def deadlines(group: str) -> str:
+    return DEADLINES.format(group=group)
+
+
+def settled(group: str, settle_id: str) -> str:
+    return SETTLED.format(group=group, settle_id=settle_id)
+
+
+def docs(kind: str) -> str:
+    return DOCS.format(kind=kind)
+
+
+def doc_order(kind: str) -> str:
+    return DOC_ORDER.format(kind=kind)
+
+
+def usage_index(field: str, value: str) -> str:
+    return USAGE_INDEX.format(field=field, value=value)
+
+
+def usage_settled(settle_id: str) -> str:
+    return USAGE_SETTLED.format(settle_id=settle_id)

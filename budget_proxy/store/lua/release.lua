@@ -1,0 +1,26 @@
+-- release.lua: drop one request's hold on a group of counters without spend.
+-- KEYS[1]    reservation hash (fields c, t, k, d: see reserve.lua)
+-- KEYS[2]    deadlines sorted set: reservation id -> deadline (ms)
+-- KEYS[3..]  counter hashes (rn / rt = reserved nano-USD / tokens)
+-- ARGV[1]    reservation id
+-- Returns    1 if a hold was released, 0 if there was none (settled, released or reaped
+--            already): releasing twice never gives back more than was held.
+-- Amounts come from the reservation hash, not from the caller.
+local function release_one(key, cost, tokens)
+  -- only non-zero amounts move ('-0' is not an integer to HINCRBY); never below zero
+  if cost > 0 and redis.call('HINCRBY', key, 'rn', -cost) < 0 then redis.call('HSET', key, 'rn', 0) end
+  if tokens > 0 and redis.call('HINCRBY', key, 'rt', -tokens) < 0 then redis.call('HSET', key, 'rt', 0) end
+end
+
+local held = redis.call('HMGET', KEYS[1], 'c', 't')
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not held[1] then
+  return 0
+end
+local cost = tonumber(held[1])
+local tokens = tonumber(held[2])
+for i = 3, #KEYS do
+  release_one(KEYS[i], cost, tokens)
+end
+redis.call('DEL', KEYS[1])
+return 1

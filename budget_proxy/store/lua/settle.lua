@@ -1,0 +1,64 @@
+-- settle.lua: turn a hold into spend at the actual amounts and store the usage record,
+-- exactly once.
+-- KEYS[1]        dedupe key (string, SET NX with a TTL), used when ARGV[7] > 0
+-- KEYS[2..1+n]   counter hashes (sn / st += actual; rn / rt -= the held amounts)
+-- then, if ARGV[6] = 1: the reservation hash and the deadlines sorted set of the group
+-- then, if ARGV[9] ~= '': the usage records hash, then the index sorted sets of the record
+-- ARGV[1]        settle id (record id, or reservation id when there is no record)
+-- ARGV[2]        reservation id
+-- ARGV[3]        actual cost, integer nano-USD
+-- ARGV[4]        actual tokens, integer
+-- ARGV[5]        n, the number of counters
+-- ARGV[6]        1 if the reservation keys follow the counters
+-- ARGV[7]        dedupe key TTL, ms (0: no dedupe key; the record deduplicates)
+-- ARGV[8]        idle TTL for a counter this creates (ms)
+-- ARGV[9]        usage record JSON ('' when none)
+-- ARGV[10]       usage record timestamp (seconds since epoch, the index score)
+-- Returns        1 if applied now, 0 if it had been applied before.
+-- Settles even when the hold is gone (reaped, or never made in fail-open mode): the call
+-- did happen, so its cost is spent. All keys share one hash tag on a cluster (the record
+-- goes in its own call there); on a standalone server one call carries everything.
+local n = tonumber(ARGV[5])
+local pos = 2 + n
+local res_key, deadlines_key
+if ARGV[6] == '1' then
+  res_key, deadlines_key = KEYS[pos], KEYS[pos + 1]
+  pos = pos + 2
+end
+local record = ARGV[9]
+if record ~= '' and redis.call('HEXISTS', KEYS[pos], ARGV[1]) == 1 then
+  return 0
+end
+if tonumber(ARGV[7]) > 0 and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[7]) then
+  return 0
+end
+
+local held_cost, held_tokens = 0, 0
+if res_key then
+  local held = redis.call('HMGET', res_key, 'c', 't')
+  if held[1] then
+    held_cost, held_tokens = tonumber(held[1]), tonumber(held[2])
+    redis.call('DEL', res_key)
+  end
+  redis.call('ZREM', deadlines_key, ARGV[2])
+end
+for i = 2, 1 + n do
+  local key = KEYS[i]
+  if held_cost > 0 and redis.call('HINCRBY', key, 'rn', -held_cost) < 0 then
+    redis.call('HSET', key, 'rn', 0)
+  end
+  if held_tokens > 0 and redis.call('HINCRBY', key, 'rt', -held_tokens) < 0 then
+    redis.call('HSET', key, 'rt', 0)
+  end
+  redis.call('HINCRBY', key, 'sn', ARGV[3])
+  redis.call('HINCRBY', key, 'st', ARGV[4])
+  if redis.call('PTTL', key) == -1 then redis.call('PEXPIRE', key, ARGV[8]) end
+end
+
+if record ~= '' then
+  redis.call('HSET', KEYS[pos], ARGV[1], record)
+  for i = pos + 1, #KEYS do
+    redis.call('ZADD', KEYS[i], ARGV[10], ARGV[1])
+  end
+end
+return 1

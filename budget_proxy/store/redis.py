@@ -1,0 +1,696 @@
+"""The Redis store: one budget for many sidecars, on Redis or Redis Cluster.
+
+- **Atomic.** Reserve, settle, release and reap are Lua scripts (`budget_proxy/store/lua`),
+  registered once (`register_script`: EVALSHA, reloaded on NOSCRIPT, and run with EVAL if the
+  cache is flushed again in between, so `SCRIPT FLUSH` or a restart fails no request).
+  Reserve checks every counter of a request and holds its worst case on all or none.
+- **Cluster-ready.** Key layout in `budget_proxy.store.keys`: a counter group's keys share a
+  hash tag. On a standalone server one script covers all of a request's counters. On a
+  cluster (`redis+cluster://host:port` or `redis://host:port?cluster=true`) a request whose
+  counters span several groups is reserved group by group in a stable (sorted) order, and a
+  refusal releases the groups already held: each group is checked atomically, so the limit
+  is never passed; the worst that can happen is a transient refusal of another request
+  that saw a hold about to be compensated.
+- **One clock.** Deadlines come from Redis `TIME` inside the scripts; `now()` is this host's
+  clock corrected by the offset to Redis `TIME`, measured at start and every 30 s, so window
+  ids agree across replicas.
+- **Faults.** Short socket timeouts, at most one immediate retry, and a small circuit breaker
+  make an unreachable Redis a fast `StoreError`; every Redis error is wrapped in
+  `StoreError`. Settlements are journaled locally before they are applied
+  (`budget_proxy.store.journal`), so none is lost when Redis or the proxy dies; the journal
+  is replayed exactly once (settle is idempotent by record id).
+- **Replicas.** Config documents move a version key and a notice is published; `background`
+  runs the pub/sub listener (config notices, events of other replicas), journal replay and
+  clock sync for the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from budget_proxy.enforcement import CounterLine, ReserveResult, Totals
+from budget_proxy.models import UsageRecord
+from budget_proxy.store import keys as K
+from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
+from budget_proxy.store.journal import Journal, Settlement, SettlementJournaled
+
+if TYPE_CHECKING:
+    from budget_proxy.events import EventBus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCRIPTS = ("reserve", "settle", "release", "reap", "doc_put", "doc_delete")
+CONNECT_TIMEOUT_S = 0.5  # a dead or unroutable Redis answers StoreError this fast ...
+OP_TIMEOUT_S = 1.0  # ... and a hung one this fast (URL query arguments override both)
+CLOCK_SYNC_INTERVAL_S = 30.0
+REPLAY_INTERVAL_S = 0.5
+MAX_INFLIGHT = 64  # Redis operations at once per process; more wait (connections stay bounded)
+REAP_BATCH = 1000
+EVENT_BATCH_S = 0.02  # events relayed to other replicas travel in batches this often
+USAGE_PAGE = 500
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
+                      RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+def parse_redis_url(url: str) -> tuple[str, bool]:
+    """(plain redis:// URL, cluster?) from `redis[s]+cluster://...` or `...?cluster=true`."""
+    parts = urlsplit(url)
+    scheme, cluster = parts.scheme, False
+    if scheme.endswith("+cluster"):
+        scheme, cluster = scheme.removesuffix("+cluster"), True
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for name, value in query:
+        if name == "cluster":
+            cluster = value.lower() in ("1", "true", "yes", "on")
+    query = [(n, v) for n, v in query if n != "cluster"]
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment)), cluster
+
+
+class _Circuit:
+    """After two connection failures in a row, fail fast for a short pause (50 ms doubling to
+    500 ms) instead of making every request wait for a timeout; then one probe at a time
+    tests whether Redis is back, so recovery takes at most about half a second."""
+
+    THRESHOLD = 2
+    BASE_S = 0.05
+    MAX_S = 0.5
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    def enter(self) -> bool:
+        """True when this call is the probe; raises StoreError while the circuit is open."""
+        if self.failures < self.THRESHOLD:
+            return False
+        if time.monotonic() < self.open_until or self.probing:
+            raise StoreError(f"redis unavailable ({self.failures} failures in a row)")
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.failures >= self.THRESHOLD:
+            pause = min(self.MAX_S, self.BASE_S * 2 ** (self.failures - self.THRESHOLD))
+            self.open_until = time.monotonic() + pause
+
+
+class RedisStore(Store):
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fail_mode: str = "closed",
+        data_dir: Path | str = Path("./budget-data"),
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        op_timeout_s: float = OP_TIMEOUT_S,
+    ) -> None:
+        self.url, self.cluster = parse_redis_url(url)
+        self.fail_mode = fail_mode
+        self.connect_timeout_s = connect_timeout_s
+        self.op_timeout_s = op_timeout_s
+        self.journal = Journal(Path(data_dir) / "redis-journal.db")
+        self.replica_id = uuid.uuid4().hex[:16]
+        # called (each in its own task) when another replica changed config documents
+        self.on_config_change: list[Callable[[], Awaitable[object]]] = []
+        self._client: Redis | RedisCluster | None = None
+        self._scripts: dict[str, Any] = {}
+        self._circuit = _Circuit()
+        self._clock_offset_s = 0.0
+        self._known_groups: set[str] = set()
+        self._inflight: set[int] = set()  # journal entries being applied right now
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._slots = asyncio.Semaphore(MAX_INFLIGHT)
+        self._outbox: list[dict[str, Any]] = []  # events waiting for the next relay batch
+
+    # lifecycle ----------------------------------------------------------------------------
+    def _make_client(self) -> Redis | RedisCluster:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self.connect_timeout_s,
+            "socket_timeout": self.op_timeout_s,
+            # one immediate retry: a pooled connection broken by a Redis restart is replaced
+            # at once. The counter scripts are idempotent (by reservation or record id), so a
+            # retry after a lost reply cannot count twice.
+            "retry": Retry(NoBackoff(), 1),
+            "decode_responses": True,
+            "client_name": f"budget-proxy-{self.replica_id}",
+            # room for MAX_INFLIGHT operations plus the pub/sub connection
+            "max_connections": MAX_INFLIGHT + 8,
+        }
+        if self.cluster:
+            return RedisCluster.from_url(self.url, **options)
+        return Redis.from_url(self.url, health_check_interval=30, **options)
+
+    async def start(self) -> None:
+        self.journal.open()
+        self._client = self._make_client()
+        lua = importlib.resources.files("budget_proxy.store") / "lua"
+        for name in SCRIPTS:
+            self._scripts[name] = self._client.register_script((lua / f"{name}.lua").read_text())
+        try:
+            await self.sync_clock()
+        except StoreError as exc:
+            log.warning("redis %s not reachable at start: %s", self.url, exc)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self.journal.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        if self._client is None:
+            raise StoreError("redis store is not started")
+        return self._client
+
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation: fail fast while the circuit is open, wrap every error."""
+        probe = self._circuit.enter()
+        try:
+            async with self._slots:
+                result = await op()
+        except _CONNECTION_ERRORS as exc:
+            self._circuit.failure()
+            raise StoreError(f"redis unavailable: {exc}") from exc
+        except RedisError as exc:  # Redis answered, with an error
+            self._circuit.success()
+            raise StoreError(f"redis error: {exc}") from exc
+        except BaseException:  # cancelled: let the next call probe
+            if probe:
+                self._circuit.probing = False
+            raise
+        self._circuit.success()
+        return result
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._scripts[name]
+
+        async def run() -> Any:
+            try:
+                return await script(keys=keys, args=args)
+            except NoScriptError:
+                # flushed again between the reload and the retry: EVAL never misses
+                return await self.client.eval(script.script, len(keys), *keys, *args)
+
+        return await self._redis(run)
+
+    # the one clock -------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(time.time() + self._clock_offset_s, UTC)
+
+    async def sync_clock(self) -> float:
+        """Measure this host's offset to Redis `TIME`; returns it in seconds."""
+        before = time.time()
+        seconds, micros = await self._redis(lambda: self.client.time())
+        after = time.time()
+        self._clock_offset_s = seconds + micros / 1e6 - (before + after) / 2
+        return self._clock_offset_s
+
+    # counters -----------------------------------------------------------------------------
+    def _groups(self, counter_keys: Sequence[str]) -> list[tuple[str, list[int]]]:
+        """Counter groups of a request, each with the indexes of its counters; sorted, so
+        every replica takes multi-group holds in the same order."""
+        if not counter_keys:
+            return []
+        if not self.cluster:
+            return [(K.counter_group(min(counter_keys)), list(range(len(counter_keys))))]
+        by_group: dict[str, list[int]] = {}
+        for index, key in enumerate(counter_keys):
+            by_group.setdefault(K.counter_group(key), []).append(index)
+        return sorted(by_group.items())
+
+    async def _remember_groups(self, groups: Sequence[str]) -> None:
+        new = [g for g in groups if g not in self._known_groups]
+        if new:
+            await self._redis(lambda: self.client.sadd(K.GROUPS, *new))
+            self._known_groups.update(new)
+
+    async def reserve(
+        self, reservation: Reservation, lines: Sequence[CounterLine], ttl_s: float
+    ) -> ReserveResult:
+        if not lines:
+            return ReserveResult(True, ())
+        groups = self._groups([line.key for line in lines])
+        await self._remember_groups([g for g, _ in groups])
+        rid = reservation.reservation_id
+        common = [rid, reservation.cost_nusd, reservation.tokens, max(1, round(ttl_s * 1000)),
+                  K.COUNTER_IDLE_S * 1000]
+        totals: list[Totals | None] = [None] * len(lines)
+        held: list[tuple[str, list[int]]] = []
+        for group, indexes in groups:
+            script_keys = [K.reservation(group, rid), K.deadlines(group)]
+            args: list[Any] = list(common)
+            for i in indexes:
+                line = lines[i]
+                script_keys.append(K.counter(line.key))
+                args += [
+                    -1 if line.limit_nusd is None else line.limit_nusd,
+                    -1 if line.limit_tokens is None else line.limit_tokens,
+                    1 if line.enforce else 0,
+                    _expire_at_ms(line),
+                ]
+            try:
+                reply = await self._script("reserve", script_keys, args)
+            except StoreError:
+                await self._compensate(reservation, held)
+                raise
+            ok, refused = int(reply[0]), int(reply[1])
+            for j, i in enumerate(indexes):
+                totals[i] = Totals(*(int(x) for x in reply[2 + 4 * j: 6 + 4 * j]))
+            if not ok:
+                await self._compensate(reservation, held)
+                for _, held_indexes in held:  # report totals without the hold just dropped
+                    for i in held_indexes:
+                        t = totals[i]
+                        assert t is not None
+                        totals[i] = Totals(t.spent_nusd, t.reserved_nusd - reservation.cost_nusd,
+                                           t.spent_tokens, t.reserved_tokens - reservation.tokens)
+                missing = [i for i, t in enumerate(totals) if t is None]
+                if missing:
+                    with contextlib.suppress(StoreError):
+                        for i, t in zip(missing, await self.totals([lines[i].key for i in missing]),
+                                        strict=True):
+                            totals[i] = t
+                return ReserveResult(False, tuple(t or Totals() for t in totals), indexes[refused])
+            held.append((group, indexes))
+        return ReserveResult(True, tuple(t or Totals() for t in totals))
+
+    async def _compensate(self, reservation: Reservation, held: list[tuple[str, list[int]]]
+                          ) -> None:
+        """Release the groups already held by a multi-group reservation that failed later."""
+        for group, indexes in held:
+            try:
+                await self._release_group(reservation, group, indexes)
+            except StoreError as exc:  # the reaper releases it at its deadline
+                log.warning("compensation of %s on %s failed: %s",
+                            reservation.reservation_id, group, exc)
+
+    async def _release_group(self, reservation: Reservation, group: str, indexes: list[int]
+                             ) -> int:
+        rid = reservation.reservation_id
+        script_keys = [K.reservation(group, rid), K.deadlines(group),
+                       *(K.counter(reservation.keys[i]) for i in indexes)]
+        return int(await self._script("release", script_keys, [rid]))
+
+    async def release(self, reservation: Reservation) -> None:
+        for group, indexes in self._groups(reservation.keys):
+            await self._release_group(reservation, group, indexes)
+
+    async def settle(
+        self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
+    ) -> bool:
+        settlement = Settlement(
+            settle_id=record.record_id if record else reservation.reservation_id,
+            reservation_id=reservation.reservation_id, keys=tuple(reservation.keys),
+            cost_nusd=cost_nusd, tokens=tokens,
+            record_json=record.model_dump_json() if record else None,
+            record_ts_s=record.timestamp.timestamp() if record else 0.0,
+        )
+        # write-ahead: from here on a SIGKILL of this process cannot lose the settlement
+        try:
+            seq: int | None = self.journal.append(settlement)
+        except StoreError as exc:
+            log.error("could not journal settlement %s: %s", settlement.settle_id, exc)
+            seq = None
+        if seq is not None:
+            self._inflight.add(seq)
+        try:
+            applied = await self._apply(settlement)
+        except StoreError as exc:
+            if seq is None:
+                raise
+            raise SettlementJournaled(
+                f"settlement {settlement.settle_id} kept in the local journal: {exc}") from exc
+        finally:
+            if seq is not None:
+                self._inflight.discard(seq)
+        if seq is not None:
+            self.journal.done(seq)
+        return applied
+
+    async def _apply(self, s: Settlement) -> bool:
+        """Apply a settlement; idempotent, so a replay of an applied one changes nothing."""
+        groups = self._groups(s.keys)
+        record_keys: list[str] = []
+        if s.record_json is not None:
+            doc = orjson.loads(s.record_json)
+            record_keys = [K.USAGE_RECORDS, K.USAGE_INDEX_ALL] + [
+                K.usage_index(field, str(doc[field])) for field in K.USAGE_INDEX_FIELDS
+                if doc.get(field) is not None
+            ]
+        record_args = [s.record_json or "", s.record_ts_s]
+        idle_ms = K.COUNTER_IDLE_S * 1000
+        dedupe_ms = K.SETTLED_TTL_S * 1000
+        base = [s.settle_id, s.reservation_id, s.cost_nusd, s.tokens]
+
+        if not self.cluster:  # one atomic script: counters, hold, record
+            script_keys = [K.usage_settled(s.settle_id)]
+            has_res = 0
+            if groups:
+                group = groups[0][0]
+                script_keys = [K.settled(group, s.settle_id), *map(K.counter, s.keys),
+                               K.reservation(group, s.reservation_id), K.deadlines(group)]
+                has_res = 1
+            args = [*base, len(s.keys), has_res, 0 if record_keys else dedupe_ms, idle_ms,
+                    *record_args]
+            return bool(await self._script("settle", script_keys + record_keys, args))
+
+        # cluster: one script per group, then the record (written last, so an existing
+        # record means the whole settlement was applied before)
+        if record_keys and await self._redis(
+                lambda: self.client.hexists(K.USAGE_RECORDS, s.settle_id)):
+            return False
+        applied = False
+        for group, indexes in groups:
+            script_keys = [K.settled(group, s.settle_id),
+                           *(K.counter(s.keys[i]) for i in indexes),
+                           K.reservation(group, s.reservation_id), K.deadlines(group)]
+            args = [*base, len(indexes), 1, dedupe_ms, idle_ms, "", 0]
+            applied |= bool(await self._script("settle", script_keys, args))
+        if record_keys or not groups:
+            args = [*base, 0, 0, 0 if record_keys else dedupe_ms, idle_ms, *record_args]
+            applied |= bool(await self._script(
+                "settle", [K.usage_settled(s.settle_id), *record_keys], args))
+        return applied
+
+    async def replay_journal(self, batch: int = 500) -> int:
+        """Apply journaled settlements (oldest first) until the journal is empty or Redis
+        fails; returns how many were applied. Safe to run concurrently with settles."""
+        replayed = 0
+        while True:
+            entries = self.journal.pending(batch, exclude=self._inflight)
+            for seq, settlement in entries:
+                self._inflight.add(seq)
+                try:
+                    await self._apply(settlement)
+                finally:
+                    self._inflight.discard(seq)
+                self.journal.done(seq)
+                replayed += 1
+            if len(entries) < batch:
+                self.journal.flush()
+                return replayed
+
+    async def totals(self, keys: Sequence[str]) -> list[Totals]:
+        if not keys:
+            return []
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(K.counter(key), "sn", "rn", "st", "rt")
+                return await pipe.execute()
+
+        rows = await self._redis(read)
+        return [Totals(*(int(v or 0) for v in row)) for row in rows]
+
+    async def reap_expired(self) -> int:
+        members = set(await self._redis(lambda: self.client.smembers(K.GROUPS)))
+        if self._known_groups - members:  # re-register (Redis lost the set): self-healing
+            missing = list(self._known_groups - members)
+            await self._redis(lambda: self.client.sadd(K.GROUPS, *missing))
+        released = 0
+        for group in sorted(members | self._known_groups):
+            released += int(await self._script(
+                "reap", [K.deadlines(group)], [K.reservation_prefix(group), REAP_BATCH]))
+        return released
+
+    # documents --------------------------------------------------------------------------
+    async def _put(self, kind: str, doc_id: str, body: str, only_if_absent: bool,
+                   config: bool) -> bool:
+        written, version = await self._script(
+            "doc_put", [K.docs(kind), K.doc_order(kind), K.DOC_SEQ, K.CONFIG_VERSION],
+            [doc_id, body, int(only_if_absent), int(config)])
+        if written and config:
+            await self._announce(int(version))
+        return bool(written)
+
+    async def put_doc(self, kind: str, doc_id: str, body: str, *, config: bool = False) -> None:
+        await self._put(kind, doc_id, body, False, config)
+
+    async def add_doc(self, kind: str, doc_id: str, body: str) -> bool:
+        return await self._put(kind, doc_id, body, True, False)
+
+    async def get_doc(self, kind: str, doc_id: str) -> str | None:
+        return await self._redis(lambda: self.client.hget(K.docs(kind), doc_id))
+
+    async def list_docs(self, kind: str) -> list[str]:
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrange(K.doc_order(kind), 0, -1)
+                pipe.hgetall(K.docs(kind))
+                return await pipe.execute()
+
+        order, bodies = await self._redis(read)
+        return [bodies[doc_id] for doc_id in order if doc_id in bodies]
+
+    async def delete_doc(self, kind: str, doc_id: str, *, config: bool = False) -> bool:
+        deleted, version = await self._script(
+            "doc_delete", [K.docs(kind), K.doc_order(kind), K.CONFIG_VERSION],
+            [doc_id, int(config)])
+        if deleted and config:
+            await self._announce(int(version))
+        return bool(deleted)
+
+    async def config_version(self) -> int:
+        return int(await self._redis(lambda: self.client.get(K.CONFIG_VERSION)) or 0)
+
+    async def _announce(self, version: int) -> None:
+        """Tell the other replicas; best effort (their 1 s poll converges without it)."""
+        message = orjson.dumps({"origin": self.replica_id, "version": version})
+        try:
+            await self._redis(lambda: self.client.publish(K.CONFIG_CHANNEL, message))
+        except StoreError as exc:
+            log.warning("config change notice not published: %s", exc)
+
+    # usage --------------------------------------------------------------------------------
+    async def list_usage(self, query: UsageQuery) -> list[UsageRecord]:
+        filters = [(f, v) for f, v in (
+            ("component", query.component), ("provider", query.provider),
+            ("model", query.model), ("context_id", query.context_id),
+            ("session_id", query.session_id)) if v is not None]
+        index = K.usage_index(*filters[0]) if filters else K.USAGE_INDEX_ALL
+        rest = filters[1:]
+        low: float | str = query.since.timestamp() if query.since else "-inf"
+        high: str = f"({query.until.timestamp()!r}" if query.until else "+inf"
+
+        async def page(start: int, count: int) -> list[str]:
+            async def read() -> list[Any]:
+                if query.newest_first:
+                    ids = await self.client.zrevrangebyscore(index, high, low, start, count)
+                else:
+                    ids = await self.client.zrangebyscore(index, low, high, start, count)
+                if not ids:
+                    return []
+                return await self.client.hmget(K.USAGE_RECORDS, ids)
+            return [b for b in await self._redis(read) if b is not None]
+
+        if not rest:
+            bodies = await page(query.offset, query.limit)
+            return [UsageRecord.model_validate_json(b) for b in bodies]
+        out: list[UsageRecord] = []
+        skip, start = query.offset, 0
+        while len(out) < query.limit:
+            bodies = await page(start, USAGE_PAGE)
+            start += USAGE_PAGE
+            for body in bodies:
+                rec = UsageRecord.model_validate_json(body)
+                if all(getattr(rec, f) == v for f, v in rest):
+                    if skip:
+                        skip -= 1
+                    elif len(out) < query.limit:
+                        out.append(rec)
+            if len(bodies) < USAGE_PAGE:
+                break
+        return out
+
+    # operations ---------------------------------------------------------------------------
+    async def check_server_config(self) -> list[str]:
+        """Warnings about Redis settings that put budgets at risk (empty when all is well)."""
+        async def read() -> list[dict[str, str]]:
+            names = ("appendonly", "maxmemory-policy")  # one per call: Redis < 7 takes one
+            if isinstance(self.client, RedisCluster):
+                client = self.client
+                return [{name: (await client.config_get(name, target_nodes=node)).get(name)
+                         for name in names} for node in client.get_primaries()]
+            return [{name: (await self.client.config_get(name)).get(name) for name in names}]
+
+        try:
+            configs = await self._redis(read)
+        except StoreError as exc:
+            return [f"could not read the Redis configuration (CONFIG GET): {exc}"]
+        problems = []
+        for config in configs:
+            if config.get("appendonly") != "yes":
+                problems.append(
+                    "Redis appendonly is off: a Redis restart loses spend, reservations and "
+                    "usage records; set `appendonly yes`")
+            policy = config.get("maxmemory-policy")
+            if policy is not None and policy != "noeviction":
+                problems.append(
+                    f"Redis maxmemory-policy is {policy}: under memory pressure Redis may "
+                    "evict a counter, which silently resets a budget; set `noeviction`")
+        return sorted(set(problems))
+
+    @contextlib.asynccontextmanager
+    async def background(self, bus: EventBus | None = None) -> AsyncIterator[None]:
+        """What a serving replica runs beside the store: the start-up configuration check,
+        the pub/sub listener (config notices, other replicas' events), journal replay and
+        clock sync. For the application's cleanup_ctx."""
+        for problem in await self.check_server_config():
+            log.warning("%s", problem)
+        if bus is not None:
+            bus.relay = self._relay_event
+        tasks = [
+            asyncio.create_task(self._listen(bus), name="redis-pubsub"),
+            asyncio.create_task(self._every(REPLAY_INTERVAL_S, self._replay_once, now=True),
+                                name="journal-replay"),
+            asyncio.create_task(self._every(CLOCK_SYNC_INTERVAL_S, self.sync_clock),
+                                name="clock-sync"),
+        ]
+        try:
+            yield
+        finally:
+            if bus is not None:
+                bus.relay = None
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(StoreError):  # last chance before shutdown
+                await self._replay_once()
+
+    async def _replay_once(self) -> None:
+        replayed = await self.replay_journal()
+        if replayed:
+            log.warning("replayed %d journaled settlements into redis", replayed)
+
+    @staticmethod
+    async def _every(interval_s: float, job: Callable[[], Awaitable[object]],
+                     now: bool = False) -> None:
+        if not now:
+            await asyncio.sleep(interval_s)
+        while True:
+            try:
+                await job()
+            except StoreError as exc:
+                log.debug("%s: %s", getattr(job, "__name__", job), exc)
+            await asyncio.sleep(interval_s)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _relay_event(self, event: dict[str, Any]) -> None:
+        """EventBus relay: publish local events to the other replicas (best effort), batched:
+        the events of one short interval travel in one PUBLISH."""
+        self._outbox.append(event)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_later(EVENT_BATCH_S, self._flush_events)
+
+    def _flush_events(self) -> None:
+        events, self._outbox = self._outbox, []
+        message = orjson.dumps({"origin": self.replica_id, "events": events})
+
+        async def publish() -> None:
+            with contextlib.suppress(StoreError):
+                await self._redis(lambda: self.client.publish(K.EVENTS_CHANNEL, message))
+
+        self._spawn(publish())
+
+    def _config_changed(self) -> None:
+        for callback in self.on_config_change:
+            self._spawn(_quietly(callback))
+
+    async def _listen(self, bus: EventBus | None) -> None:
+        """Subscribe to config notices and events; resubscribe after any failure, and catch
+        up on config (a notice may have been missed while disconnected)."""
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(K.CONFIG_CHANNEL, K.EVENTS_CHANNEL)
+                self._config_changed()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is not None:
+                        self._on_message(message, bus)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("pub/sub listener: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _on_message(self, message: dict[str, Any], bus: EventBus | None) -> None:
+        try:
+            data = orjson.loads(message["data"])
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return
+        if not isinstance(data, dict) or data.get("origin") == self.replica_id:
+            return
+        if message.get("channel") == K.CONFIG_CHANNEL:
+            self._config_changed()
+        elif message.get("channel") == K.EVENTS_CHANNEL and bus is not None:
+            for event in data.get("events") or ():
+                if isinstance(event, dict) and "topic" in event:
+                    bus.deliver(event)
+
+
+async def _quietly(callback: Callable[[], Awaitable[object]]) -> None:
+    try:
+        await callback()
+    except StoreError as exc:
+        log.warning("config refresh after a change notice failed: %s", exc)
+
+
+def _expire_at_ms(line: CounterLine) -> int:
+    """When a counter may expire: some time after its window ends; 0 when it never ends."""
+    if line.resets_at is None:
+        return 0
+    return int((line.resets_at.timestamp() + K.COUNTER_AFTER_WINDOW_S) * 1000)
