@@ -19,6 +19,12 @@ from budget_proxy.appkeys import SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+VIRTUAL_KEY_PREFIX = "bp-"
+# POSTs that only compute an answer: the viewer token may call them
+READ_ONLY_POSTS = frozenset({
+    "/api/usage/check", "/api/assistant/analyze", "/api/assistant/optimize",
+    "/api/assistant/recommend-model",
+})
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -59,14 +65,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """With BUDGET_ADMIN_TOKEN set, `/api` mutations need it; the viewer token may only read."""
     if not request.path.startswith("/api/"):
         return await handler(request)
+    auth = request.headers.get("Authorization", "")
+    presented = auth[7:] if auth.startswith("Bearer ") else ""
+    if presented.startswith(VIRTUAL_KEY_PREFIX) and not _public(request.path):
+        # data-plane keys spend budgets through the proxy routes; they never administer them
+        return api_error(403, "forbidden", "virtual keys (bp-...) cannot call the admin API")
     settings = request.app[SETTINGS]
     if settings.admin_token is None:
         return await handler(request)
-    auth = request.headers.get("Authorization", "")
-    presented = auth[7:] if auth.startswith("Bearer ") else ""
     is_admin = _token_ok(presented, settings.admin_token)
     is_viewer = _token_ok(presented, settings.viewer_token)
-    if request.method in READ_METHODS:
+    if request.method in READ_METHODS or request.path in READ_ONLY_POSTS:
         if settings.viewer_token is None or is_admin or is_viewer or _public(request.path):
             return await handler(request)
         return api_error(401, "unauthorized", "a viewer or admin token is required")
@@ -78,11 +87,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _public(path: str) -> bool:
-    return path in ("/api/health", "/api/openapi.json", "/api/docs")
+    return path in ("/api/health", "/api/openapi.json") or path == "/api/docs" or (
+        path.startswith("/api/docs/"))
 
 
-async def read_model(request: web.Request, model: type[M]) -> M | web.Response:
-    """Parse and validate a JSON body, or the error response to return."""
+async def read_model(
+    request: web.Request, model: type[M], *, optional: bool = False
+) -> M | web.Response:
+    """Parse and validate a JSON body, or the error response to return. With `optional`,
+    an empty body stands for `{}`."""
+    if optional and not (await request.read()).strip():
+        return model()
     try:
         data = await request.json(loads=orjson.loads)
     except (ValueError, orjson.JSONDecodeError) as exc:
@@ -95,3 +110,9 @@ async def read_model(request: web.Request, model: type[M]) -> M | web.Response:
         return validation_error(exc)
 
 
+def read_query(request: web.Request, model: type[M]) -> M | web.Response:
+    """Validate the query string with `model`, or the 422 response naming the field."""
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        return validation_error(exc)

@@ -1,4 +1,8 @@
-"""Liveness and store health: `/health` and `/api/health`."""
+"""Liveness (`/health`: the process answers) and readiness (`/api/health`: the store does too).
+
+`/health` stays 200 while the store is down, so an orchestrator does not restart every
+sidecar during a Redis outage; `/api/health` answers 503 then, for readiness probes.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,27 @@ from budget_proxy.models import utcnow
 from budget_proxy.store.base import StoreError
 
 
-async def health(request: web.Request) -> web.Response:
+async def _check(request: web.Request) -> tuple[dict[str, str], bool]:
     store = request.app[STORE]
     try:
         await store.config_version()
-        status, code = "ok", 200
+        ok = True
     except StoreError:
-        status, code = "degraded", 503
-    return json_response({"status": status, "store": store.kind,
-                          "time": utcnow().isoformat()}, code)
+        ok = False
+    body = {"status": "ok" if ok else "degraded", "store": store.kind,
+            "store_status": "ok" if ok else "unavailable", "time": utcnow().isoformat()}
+    return body, ok
+
+
+async def liveness(request: web.Request) -> web.Response:
+    body, _ = await _check(request)
+    return json_response(body, 200)
+
+
+async def readiness(request: web.Request) -> web.Response:
+    body, ok = await _check(request)
+    return json_response(body, 200 if ok else 503)
 
 
 def routes() -> list[web.RouteDef]:
-    return [web.get("/health", health), web.get("/api/health", health)]
+    return [web.get("/health", liveness), web.get("/api/health", readiness)]

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from budget_proxy.api.common import api_error, json_response, read_model
-from budget_proxy.appkeys import POLICIES, SETTINGS, STORE
+from budget_proxy.appkeys import EVENTS, POLICIES, SETTINGS, STORE
 from budget_proxy.enforcement import (
     CounterLine,
     Totals,
@@ -36,6 +36,7 @@ async def create_policy(request: web.Request) -> web.Response:
         return policy
     await request.app[STORE].put_policy(policy)
     await request.app[POLICIES].refresh()
+    request.app[EVENTS].publish("updates", "policy_created", policy.model_dump(mode="json"))
     return json_response(policy, 201)
 
 
@@ -44,6 +45,8 @@ async def delete_policy(request: web.Request) -> web.Response:
     await request.app[POLICIES].refresh()
     if not deleted:
         return api_error(404, "not_found", f"no policy {request.match_info['policy_id']}")
+    request.app[EVENTS].publish("updates", "policy_deleted",
+                                {"policy_id": request.match_info["policy_id"]})
     return json_response({"deleted": request.match_info["policy_id"]})
 
 
