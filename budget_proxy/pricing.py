@@ -8,22 +8,37 @@ caller applies its unknown-price rule instead of treating the call as free.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import date
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from budget_proxy.usage import Usage, cost_of
+
+if TYPE_CHECKING:
+    from budget_proxy.events import EventBus
+    from budget_proxy.store.base import Store
+
+log = logging.getLogger(__name__)
 
 Tier = Literal["local_lightweight", "local_midweight", "remote_heavyweight"]
 Mode = Literal["chat", "completion", "embedding", "responses"]
 Price = Annotated[Decimal, Field(ge=0)]
+UnknownPriceRule = Literal["refuse", "ceiling", "alert"]
+UnknownHook = Callable[[str, str, str], None]  # provider, model, rule
+
+UNKNOWN_SEEN_MAX = 10_000  # distinct unknown names remembered (for one log line / alert each)
+CEILING_MODEL = "*ceiling*"
 
 PRICE_FIELDS = (
     "input_usd_per_mtok",
@@ -148,6 +163,17 @@ class ModelPrice(BaseModel):
         return _first_price(self.reasoning_usd_per_mtok, self.output_usd_per_mtok)
 
 
+class VersionedPrice(ModelPrice):
+    """A price whose identity is not the catalog's ``provider/model@date``: a stored price
+    version, or the unknown-model ceiling. ``pricing_id`` is ``version_id``."""
+
+    version_id: str = Field(min_length=1)
+
+    @property
+    def pricing_id(self) -> str:
+        return self.version_id
+
+
 def _first_price(price: Decimal | None, fallback: Decimal) -> Decimal:
     return price if price is not None else fallback
 
@@ -158,13 +184,22 @@ class PriceCatalog:
     def __init__(
         self, entries: Iterable[ModelPrice], metadata: Mapping[str, Any] | None = None
     ) -> None:
-        self._entries = sorted(entries, key=lambda e: (e.provider, e.model))
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self._by_provider: dict[str, dict[str, ModelPrice]] = {}
-        self._by_name: dict[str, list[ModelPrice]] = {}
-        self._by_short_name: dict[str, list[ModelPrice]] = {}
-        self._local: dict[str, dict[str, ModelPrice]] = {}
-        self._index()
+        self.on_unknown: UnknownHook | None = None
+        self._unknown_seen: set[tuple[str, str]] = set()
+        self._load(entries)
+
+    def _load(self, entries: Iterable[ModelPrice]) -> None:
+        """Build the name indexes, then swap them in with one set of assignments, so a lookup
+        (on the same event loop) never sees a half-built index."""
+        ordered = sorted(entries, key=lambda e: (e.provider, e.model))
+        by_provider, by_name, by_short_name, local = _build_index(ordered)
+        self._entries = ordered
+        self._by_provider = by_provider
+        self._by_name = by_name
+        self._by_short_name = by_short_name
+        self._local = local
+        self._ceilings: dict[str, ModelPrice | None] = {}
         self._cached_resolve = lru_cache(maxsize=8192)(self._resolve)
 
     @classmethod
@@ -212,26 +247,56 @@ class PriceCatalog:
         """
         return self._cached_resolve(provider or "", model or "")
 
-    def _index(self) -> None:
-        for entry in self._entries:
-            provider = entry.provider.lower()
-            if entry.model.startswith(WILDCARD):
-                self._local.setdefault(provider, {})[entry.model] = entry
-                continue
-            names = self._by_provider.setdefault(provider, {})
-            for name in (entry.model, *entry.aliases):
-                key = name.lower()
-                if key in names and names[key] is not entry:
-                    raise ValueError(
-                        f"{provider}/{name} is claimed by {names[key].model} and {entry.model}"
-                    )
-                names[key] = entry
-        rank = {p: i for i, p in enumerate(PROVIDER_PREFERENCE)}
-        for provider in sorted(self._by_provider, key=lambda p: (rank.get(p, len(rank)), p)):
-            for name, entry in self._by_provider[provider].items():
-                self._by_name.setdefault(name, []).append(entry)
-                if "/" in name:
-                    self._by_short_name.setdefault(name.rsplit("/", 1)[1], []).append(entry)
+    def resolve_price(
+        self, provider: str, model: str, rule: UnknownPriceRule = "refuse"
+    ) -> ModelPrice | None:
+        """The price a call is charged at, under the unknown-price rule: the catalog's entry
+        when the name resolves; otherwise ``None`` under ``refuse``, and the provider's
+        conservative `ceiling` under ``ceiling`` and ``alert`` (never zero). The first unknown
+        sighting of each (provider, model) is logged and handed to `on_unknown`.
+        This runs on every proxied request: both resolutions are cached."""
+        price = self._cached_resolve(provider or "", model or "")
+        if price is not None or rule == "refuse":
+            return price
+        if (provider, model) not in self._unknown_seen:
+            self._first_unknown(provider, model, rule)
+        return self.ceiling(provider)
+
+    def _first_unknown(self, provider: str, model: str, rule: UnknownPriceRule) -> None:
+        if len(self._unknown_seen) >= UNKNOWN_SEEN_MAX:  # names are client input: stay bounded
+            self._unknown_seen.clear()
+        self._unknown_seen.add((provider, model))
+        ceiling = self.ceiling(provider)
+        log.warning("model %s/%s has no price; charging the ceiling %s (BUDGET_UNKNOWN_PRICE=%s)",
+                    provider, model, ceiling.pricing_id if ceiling else None, rule)
+        if self.on_unknown is not None:
+            self.on_unknown(provider, model, rule)
+
+    def ceiling(self, provider: str) -> ModelPrice | None:
+        """The conservative price charged for a model the catalog does not know.
+
+        Each rate is the highest of that rate among the catalog's hosted models of the same
+        provider (for a provider the catalog has no hosted model of, among all hosted models):
+        input, output (or reasoning, whichever is dearer), cache writes at the dearest
+        cache-write or input rate, cache reads at that input ceiling (no discount assumed).
+        The rates may come from different models; the point is that an unknown model can never
+        be charged less than any known model of its provider. ``None`` only for a catalog
+        without any hosted model."""
+        key = _normalise_provider(provider)
+        if key not in self._ceilings:
+            self._ceilings[key] = _ceiling_price(key, self._entries)
+        return self._ceilings[key]
+
+    def find_exact(self, provider: str, name: str) -> ModelPrice | None:
+        """The entry whose model name or alias is exactly ``name`` under ``provider``: no
+        suffix stripping, no other provider. Price updates and manual prices match with this,
+        so a dated snapshot priced differently from its base is never overwritten by it."""
+        names = self._by_provider.get(_normalise_provider(provider), {})
+        key = name.strip().lower()
+        found = names.get(key)
+        if found is None and key.startswith("claude-") and "." in key:
+            found = names.get(key.replace(".", "-"))
+        return found
 
     def _resolve(self, provider: str, model: str) -> ModelPrice | None:
         requested = _normalise_provider(provider)
@@ -285,6 +350,64 @@ class PriceCatalog:
         if billions is not None and billions > LIGHTWEIGHT_MAX_BILLION_PARAMS:
             return wildcards.get(WILDCARD_MIDWEIGHT) or wildcards.get(WILDCARD)
         return wildcards.get(WILDCARD)
+
+
+def _build_index(
+    entries: list[ModelPrice],
+) -> tuple[
+    dict[str, dict[str, ModelPrice]],
+    dict[str, list[ModelPrice]],
+    dict[str, list[ModelPrice]],
+    dict[str, dict[str, ModelPrice]],
+]:
+    by_provider: dict[str, dict[str, ModelPrice]] = {}
+    by_name: dict[str, list[ModelPrice]] = {}
+    by_short_name: dict[str, list[ModelPrice]] = {}
+    local: dict[str, dict[str, ModelPrice]] = {}
+    for entry in entries:
+        provider = entry.provider.lower()
+        if entry.model.startswith(WILDCARD):
+            local.setdefault(provider, {})[entry.model] = entry
+            continue
+        names = by_provider.setdefault(provider, {})
+        for name in (entry.model, *entry.aliases):
+            key = name.lower()
+            if key in names and names[key] is not entry:
+                raise ValueError(
+                    f"{provider}/{name} is claimed by {names[key].model} and {entry.model}"
+                )
+            names[key] = entry
+    rank = {p: i for i, p in enumerate(PROVIDER_PREFERENCE)}
+    for provider in sorted(by_provider, key=lambda p: (rank.get(p, len(rank)), p)):
+        for name, entry in by_provider[provider].items():
+            by_name.setdefault(name, []).append(entry)
+            if "/" in name:
+                by_short_name.setdefault(name.rsplit("/", 1)[1], []).append(entry)
+    return by_provider, by_name, by_short_name, local
+
+
+def _ceiling_price(provider: str, entries: list[ModelPrice]) -> ModelPrice | None:
+    hosted = [e for e in entries
+              if e.provider not in LOCAL_PROVIDERS and not e.model.startswith(WILDCARD)]
+    pool = [e for e in hosted if e.provider == provider]
+    scope = provider
+    if not pool:
+        pool, scope = hosted, "all"
+    if not pool:
+        return None
+    input_rate = max(e.input_usd_per_mtok for e in pool)
+    output_rate = max(max(e.output_usd_per_mtok, e.reasoning_rate) for e in pool)
+    write_rate = max(max(e.cache_write_rate for e in pool), input_rate)
+    rates = f"{input_rate}/{output_rate}" + (f"/w{write_rate}" if write_rate > input_rate else "")
+    return VersionedPrice(
+        provider=provider or "unknown", model=CEILING_MODEL,
+        input_usd_per_mtok=input_rate, output_usd_per_mtok=output_rate,
+        cache_write_usd_per_mtok=write_rate if write_rate > input_rate else None,
+        tier="remote_heavyweight", mode="chat",
+        effective_date=max(e.effective_date for e in pool),
+        source=f"ceiling of {len(pool)} catalog prices ({scope})",
+        version_id=f"ceiling:{scope}@{rates}",
+    )
 
 
 def local_model_billions(name: str) -> Decimal | None:
@@ -350,3 +473,466 @@ def _snapshot_candidates(name: str) -> Iterator[str]:
                 break
         else:
             return
+
+
+# versioned prices -----------------------------------------------------------------------
+PRICE_VERSION_KIND = "price_version"  # store documents: one immutable document per version
+PRICE_HEAD_KIND = "price_head"  # one per model, rewritten with config=True on every change
+VERSION_FIELDS = (*PRICE_FIELDS, "context_window_tokens", "max_output_tokens", "tier", "mode")
+_MTOK = Decimal(1_000_000)
+
+
+class PriceWriteError(Exception):
+    """A price version was not written: another writer changed the model first, or the new
+    effective date is before the latest version's."""
+
+
+class PriceVersion(BaseModel):
+    """One stored price of one model, in the seed's ``ProviderPricing`` shape with exact
+    per-million-token prices.
+
+    Immutable once written. Versions of a model form one chain, ``seq`` 1, 2, ... after the
+    packaged catalog's entry (seq 0), with non-decreasing effective dates; a version is in
+    force from its ``effective_date`` until the next version's (its ``end_date``, derived,
+    never stored). Usage records keep the ``pricing_id`` they were priced with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pricing_id: str = Field(min_length=1)
+    seq: int = Field(ge=1)
+    provider: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    price_type: Literal["token"] = "token"
+    input_usd_per_mtok: Price
+    output_usd_per_mtok: Price
+    cache_read_usd_per_mtok: Price | None = None
+    cache_write_usd_per_mtok: Price | None = None
+    reasoning_usd_per_mtok: Price | None = None
+    context_window_tokens: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    tier: Tier = "remote_heavyweight"
+    mode: Mode = "chat"
+    effective_date: datetime
+    source: str = Field(min_length=1)
+    verified: bool = True
+    created_at: datetime
+    previous_pricing_id: str | None = None
+    note: str | None = None
+
+    @field_validator(*PRICE_FIELDS, mode="before")
+    @classmethod
+    def _no_binary_floats(cls, value: Any) -> Any:
+        if isinstance(value, bool | float):
+            raise ValueError("prices must be decimal strings or Decimal, not floats")
+        return value
+
+    @field_validator("effective_date", "created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+    def to_price(self, aliases: Sequence[str] = ()) -> VersionedPrice:
+        return VersionedPrice(
+            provider=self.provider, model=self.model, aliases=tuple(aliases),
+            **{f: getattr(self, f) for f in VERSION_FIELDS},
+            effective_date=self.effective_date.date(), source=self.source,
+            version_id=self.pricing_id,
+        )
+
+
+def as_utc(value: datetime) -> datetime:
+    """Naive datetimes are read as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _key(provider: str, model: str) -> tuple[str, str]:
+    return provider.strip().lower(), model.strip().lower()
+
+
+def _catalog_effective(entry: ModelPrice) -> datetime:
+    return datetime.combine(entry.effective_date, time(), UTC)
+
+
+PriceRecord = ModelPrice | PriceVersion  # a link of a model's price chain
+
+
+class PriceBook(PriceCatalog):
+    """The packaged catalog with the stored price versions laid over it.
+
+    Every replica keeps one and refreshes it when the store's ``config_version`` moves (a
+    version write bumps it) or when a future-dated version comes into force, so all replicas
+    price with the same version. Lookups are the catalog's (indexed and cached); a refresh
+    swaps a rebuilt index in at once. Writes go through `set_price`, which appends a version
+    to the model's chain: a price is never overwritten.
+    """
+
+    def __init__(
+        self, entries: Iterable[ModelPrice], metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(entries, metadata)
+        self._base: dict[tuple[str, str], ModelPrice] = {
+            _key(e.provider, e.model): e for e in self._entries
+        }
+        self._base_aliases = {
+            _key(e.provider, alias) for e in self._entries for alias in e.aliases
+        }
+        self.store: Store | None = None
+        self.events: EventBus | None = None
+        self.versions: dict[tuple[str, str], list[PriceVersion]] = {}
+        self._by_version_id: dict[str, PriceVersion] = {}
+        self._seen_config: int | None = None
+        self._seen_ids: tuple[str, ...] = ()
+        self._next_change_at: datetime | None = None
+        self._refresh_lock = asyncio.Lock()
+        self.write_lock = asyncio.Lock()  # one version write at a time in this process
+        self.update_lock = asyncio.Lock()  # one price update run at a time in this process
+
+    def attach(self, store: Store, events: EventBus | None = None) -> None:
+        self.store = store
+        self.events = events
+
+    # reading the store ------------------------------------------------------------------
+    async def refresh(self, force: bool = False) -> bool:
+        """Reload the versions if the config version moved (or a scheduled version came into
+        force); True if the prices in force were rebuilt."""
+        if self.store is None:
+            return False
+        async with self._refresh_lock:
+            config = await self.store.config_version()
+            now = self.store.now()
+            due = self._next_change_at is not None and now >= self._next_change_at
+            if config == self._seen_config and not (force or due):
+                return False
+            docs = await self.store.list_docs(PRICE_VERSION_KIND)
+            self._seen_config = config
+            versions = _parse_versions(docs)
+            ids = tuple(v.pricing_id for v in versions)
+            if ids == self._seen_ids and not due:
+                return False
+            self._install(versions, now)
+            self._seen_ids = ids
+            return True
+
+    def _install(self, versions: list[PriceVersion], now: datetime) -> None:
+        chains: dict[tuple[str, str], list[PriceVersion]] = {}
+        for version in versions:
+            chains.setdefault(_key(version.provider, version.model), []).append(version)
+        overlay = dict(self._base)
+        next_change: datetime | None = None
+        for key, chain in chains.items():
+            chain.sort(key=lambda v: v.seq)
+            if key not in self._base and key in self._base_aliases:
+                log.error("price versions of %s/%s ignored: the catalog now has that name as "
+                          "an alias of another model", *key)
+                continue
+            current = None
+            for version in chain:
+                if version.effective_date <= now:
+                    current = version
+                elif next_change is None or version.effective_date < next_change:
+                    next_change = version.effective_date
+            if current is not None:
+                base = self._base.get(key)
+                overlay[key] = current.to_price(base.aliases if base else ())
+        try:
+            self._load(overlay.values())
+        except ValueError as exc:  # keep pricing with what is in force rather than nothing
+            log.error("price versions not applied, keeping the prices in force: %s", exc)
+            return
+        self.versions = chains
+        self._by_version_id = {v.pricing_id: v for v in versions}
+        self._next_change_at = next_change
+
+    # writing ------------------------------------------------------------------------------
+    def target(self, provider: str, model: str) -> tuple[tuple[str, str], str]:
+        """The chain a write to provider/model extends: (key, canonical model name). A catalog
+        alias writes to its entry's chain; any other name is a model of its own."""
+        provider = _normalise_provider(provider)
+        key = _key(provider, model)
+        if key in self.versions:
+            return key, self.versions[key][-1].model
+        if key in self._base:
+            return key, self._base[key].model
+        entry = self.find_exact(provider, model)
+        if entry is not None and not entry.model.startswith(WILDCARD):
+            return _key(entry.provider, entry.model), entry.model
+        return key, model.strip()
+
+    def head(self, key: tuple[str, str]) -> PriceRecord | None:
+        """The latest link of a chain (possibly not yet in force)."""
+        chain = self.versions.get(key)
+        return chain[-1] if chain else self._base.get(key)
+
+    async def set_price(
+        self, provider: str, model: str, changes: Mapping[str, Any], *, source: str,
+        verified: bool = True, effective_date: datetime | None = None, note: str | None = None,
+    ) -> PriceVersion | None:
+        """Append a version of provider/model: its latest version with ``changes`` (any of
+        `VERSION_FIELDS`) applied, in force from ``effective_date`` (default now). Returns
+        None when nothing would change. Exactly one writer wins each link of a chain, across
+        replicas (``add_doc`` of ``provider/model#seq``); the loser gets `PriceWriteError`."""
+        if self.store is None:
+            raise PriceWriteError("the price book has no store")
+        unknown = sorted(set(changes) - set(VERSION_FIELDS))
+        if unknown:
+            raise ValueError(f"not price fields: {', '.join(unknown)}")
+        async with self.write_lock:
+            await self.refresh()
+            key, name = self.target(provider, model)
+            head = self.head(key)
+            values: dict[str, Any] = (
+                {f: getattr(head, f) for f in VERSION_FIELDS} if head is not None else {}
+            )
+            values.update(changes)
+            if head is None and (values.get("input_usd_per_mtok") is None
+                                 or values.get("output_usd_per_mtok") is None):
+                raise ValueError(f"{key[0]}/{name} is not in the catalog: a new model needs "
+                                 "input and output prices")
+            now = self.store.now()
+            effective = as_utc(effective_date) if effective_date is not None else now
+            if head is not None:
+                head_effective = (head.effective_date if isinstance(head, PriceVersion)
+                                  else _catalog_effective(head))
+                if effective < head_effective:
+                    raise PriceWriteError(
+                        f"effective_date {effective.isoformat()} is before that of "
+                        f"{head.pricing_id} ({head_effective.isoformat()})")
+            seq = head.seq + 1 if isinstance(head, PriceVersion) else 1
+            version = PriceVersion(
+                pricing_id=f"{key[0]}/{name}@{effective:%Y-%m-%dT%H:%M:%SZ}#v{seq}", seq=seq,
+                provider=key[0], model=name, **values, effective_date=effective,
+                source=source, verified=verified, created_at=now,
+                previous_pricing_id=head.pricing_id if head is not None else None, note=note,
+            )
+            if head is not None and not price_changes(head, version):
+                return None
+            chain_id = f"{key[0]}/{key[1]}"
+            if not await self.store.add_doc(PRICE_VERSION_KIND, f"{chain_id}#{seq}",
+                                            version.model_dump_json()):
+                await self.refresh(force=True)
+                raise PriceWriteError(f"{chain_id} was changed concurrently; try again")
+            head_doc = json.dumps({"pricing_id": version.pricing_id, "seq": seq})
+            await self.store.put_doc(PRICE_HEAD_KIND, chain_id, head_doc, config=True)
+            await self.refresh(force=True)
+        if self.events is not None:
+            self.events.publish("prices", "price_changed", {
+                "pricing_id": version.pricing_id, "provider": version.provider,
+                "model": version.model, "previous_pricing_id": version.previous_pricing_id,
+                "effective_date": version.effective_date.isoformat(), "source": source,
+                "verified": verified,
+                "changes": price_changes(head, version) if head is not None else {},
+            })
+        return version
+
+    # views --------------------------------------------------------------------------------
+    def current_prices(
+        self, provider: str | None = None, model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The prices in force (seed ProviderPricing shape), optionally for one provider, or
+        the one entry a model name resolves to."""
+        if model:
+            entry = self.lookup(provider or "", model)
+            entries = [entry] if entry is not None else []
+        else:
+            wanted = _normalise_provider(provider) if provider else None
+            entries = [e for e in self._entries if wanted is None or e.provider == wanted]
+        return [self._current_view(e) for e in entries]
+
+    def _current_view(self, entry: ModelPrice) -> dict[str, Any]:
+        key = _key(entry.provider, entry.model)
+        record: PriceRecord = self._by_version_id.get(entry.pricing_id) or entry
+        end = next((v.effective_date for v in self.versions.get(key, ())
+                    if isinstance(record, ModelPrice) or v.seq > record.seq), None)
+        return self.view(record, aliases=entry.aliases, end_date=end)
+
+    def history(self, provider: str, model: str) -> list[dict[str, Any]] | None:
+        """Every price a model has had, oldest first, each with its effective and end dates;
+        None for a model with no price at all."""
+        entry = self.lookup(provider, model)
+        key = (_key(entry.provider, entry.model) if entry is not None
+               else self.target(provider, model)[0])
+        chain: list[PriceRecord] = []
+        if key in self._base:
+            chain.append(self._base[key])
+        chain.extend(self.versions.get(key, ()))
+        if not chain:
+            return None
+        aliases = self._base[key].aliases if key in self._base else ()
+        now = self.store.now() if self.store is not None else datetime.now(UTC)
+        rows = []
+        for i, record in enumerate(chain):
+            end = _effective(chain[i + 1]) if i + 1 < len(chain) else None
+            row = self.view(record, aliases=aliases, end_date=end)
+            row["current"] = _effective(record) <= now and (end is None or end > now)
+            rows.append(row)
+        return rows
+
+    def view(self, record: PriceRecord, *, aliases: Sequence[str] = (),
+             end_date: datetime | None = None) -> dict[str, Any]:
+        """One price in the seed ``ProviderPricing`` shape, plus the exact per-Mtok prices
+        (decimal strings), limits, tier and mode."""
+        if isinstance(record, PriceVersion):
+            created, verified, extra = record.created_at, record.verified, {
+                "previous_pricing_id": record.previous_pricing_id, "note": record.note}
+        else:
+            as_of = self.metadata.get("as_of")
+            created = (datetime.combine(date.fromisoformat(as_of), time(), UTC) if as_of
+                       else _catalog_effective(record))
+            verified, extra = True, {"previous_pricing_id": None, "note": None}
+        return {
+            "pricing_id": record.pricing_id, "provider": record.provider, "model": record.model,
+            "aliases": list(aliases), "price_type": "token",
+            **price_fields_view(record),
+            "input_cost_per_char": 0.0, "output_cost_per_char": 0.0, "cost_per_image": 0.0,
+            "cost_per_second": 0.0, "fixed_cost_per_request": 0.0,
+            "context_window_tokens": record.context_window_tokens,
+            "max_output_tokens": record.max_output_tokens, "tier": record.tier,
+            "mode": record.mode, "effective_date": _effective(record).isoformat(),
+            "end_date": end_date.isoformat() if end_date else None, "source": record.source,
+            "verified": verified, "created_at": created.isoformat(), **extra,
+        }
+
+
+def _effective(record: PriceRecord) -> datetime:
+    return record.effective_date if isinstance(record, PriceVersion) else _catalog_effective(record)
+
+
+def _parse_versions(docs: Iterable[str]) -> list[PriceVersion]:
+    versions = []
+    for doc in docs:
+        try:
+            versions.append(PriceVersion.model_validate_json(doc))
+        except ValueError as exc:  # one bad document must not take every price down
+            log.error("ignoring an invalid price version document: %s", exc)
+    return versions
+
+
+def price_fields_view(price: Any) -> dict[str, Any]:
+    """Exact per-Mtok strings (``None`` = no such rate) and the seed's per-token USD floats
+    (the rate actually charged: a missing cache or reasoning rate falls back)."""
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    input_rate = price.input_usd_per_mtok
+    output_rate = price.output_usd_per_mtok
+    read = _first_price(price.cache_read_usd_per_mtok, input_rate)
+    write = _first_price(price.cache_write_usd_per_mtok, input_rate)
+    reasoning = _first_price(price.reasoning_usd_per_mtok, output_rate)
+    return {
+        **{f: text(getattr(price, f)) for f in PRICE_FIELDS},
+        "input_cost_per_token": float(input_rate / _MTOK),
+        "output_cost_per_token": float(output_rate / _MTOK),
+        "cache_read_cost_per_token": float(read / _MTOK),
+        "cache_write_cost_per_token": float(write / _MTOK),
+        "reasoning_cost_per_token": float(reasoning / _MTOK),
+    }
+
+
+def price_changes(old: Any, new: Any) -> dict[str, dict[str, Any]]:
+    """The fields that differ between two prices: ``{field: {"old": ..., "new": ...}}``."""
+    changes = {}
+    for name in VERSION_FIELDS:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            changes[name] = {"old": None if before is None else str(before),
+                             "new": None if after is None else str(after)}
+    return changes
+
+
+# cost tools -----------------------------------------------------------------------------
+MONTH_DAYS = 30  # "per month" in recommendations: 30 days of the given daily frequency
+EMBEDDING_TASKS = frozenset({"embedding", "embeddings", "embed"})
+
+
+def cost_breakdown(
+    price: ModelPrice, *, input_tokens: int, output_tokens: int, cached_tokens: int = 0,
+    cache_write_tokens: int = 0, reasoning_tokens: int = 0,
+) -> dict[str, Any]:
+    """What the proxy would charge for these token counts, line by line.
+
+    ``input_tokens`` counts every input token, cached and cache-written ones included (as
+    OpenAI's ``prompt_tokens`` does); ``output_tokens`` includes reasoning tokens. The total
+    is `usage.cost_of`'s, so it is exactly what a usage record would say."""
+    counts = (input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens)
+    if any(n < 0 for n in counts):
+        raise ValueError("token counts cannot be negative")
+    if cached_tokens + cache_write_tokens > input_tokens:
+        raise ValueError("cached and cache-write tokens are part of input_tokens: their sum "
+                         "cannot exceed it")
+    if reasoning_tokens > output_tokens:
+        raise ValueError("reasoning tokens are part of output_tokens: they cannot exceed it")
+    usage = Usage(
+        input_tokens=input_tokens - cached_tokens - cache_write_tokens,
+        cached_input_tokens=cached_tokens, cache_write_tokens=cache_write_tokens,
+        output_tokens=output_tokens, reasoning_tokens=reasoning_tokens,
+    )
+    cost = cost_of(usage, price)
+    lines = [
+        ("input", usage.input_tokens, price.input_usd_per_mtok),
+        ("cached_input", cached_tokens, price.cache_read_rate),
+        ("cache_write", cache_write_tokens, price.cache_write_rate),
+        ("output", output_tokens - reasoning_tokens, price.output_usd_per_mtok),
+        ("reasoning", reasoning_tokens, price.reasoning_rate),
+    ]
+    return {
+        "provider": price.provider, "model": price.model, "pricing_id": price.pricing_id,
+        "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "cached_tokens": cached_tokens, "cache_write_tokens": cache_write_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "lines": [{"class": name, "tokens": tokens, "usd_per_mtok": str(rate),
+                   "cost_usd": float(tokens * rate / _MTOK)}
+                  for name, tokens, rate in lines if tokens],
+        "input_cost": cost.input_nusd / 1e9, "output_cost": cost.output_nusd / 1e9,
+        "total_cost": cost.total_nusd / 1e9, "total_cost_nusd": cost.total_nusd,
+        "currency": "USD",
+    }
+
+
+def recommend(
+    entries: Iterable[ModelPrice], *, context_tokens: int, output_tokens: int,
+    tier: str | None = None, task_type: str | None = None, calls_per_day: float = 1.0,
+    max_cost_usd: float | None = None, limit: int = 5,
+) -> list[dict[str, Any]]:
+    """The cheapest models that fit a task, cheapest first.
+
+    A model fits when its context window holds ``context_tokens + output_tokens`` and its
+    output limit (where known) holds ``output_tokens``; models with an unknown context window
+    are left out, except local runtimes' wildcard entries, which are offered only when a
+    local ``tier`` is asked for. Embedding tasks (``task_type`` embedding) look at embedding
+    models only, others at chat, responses and completion models. Cost per call is input at
+    the input rate plus output at the output rate (no cache discount); per month is
+    ``MONTH_DAYS`` days at ``calls_per_day``."""
+    embedding = (task_type or "").lower() in EMBEDDING_TASKS
+    modes = ("embedding",) if embedding else ("chat", "responses", "completion")
+    out_tokens = 0 if embedding else output_tokens
+    rank = {p: i for i, p in enumerate(PROVIDER_PREFERENCE)}
+    rows = []
+    for entry in entries:
+        if entry.mode not in modes or (tier is not None and entry.tier != tier):
+            continue
+        if entry.model.startswith(WILDCARD):
+            if tier is None or not tier.startswith("local"):
+                continue
+        elif (entry.context_window_tokens is None
+              or context_tokens + out_tokens > entry.context_window_tokens
+              or (entry.max_output_tokens is not None and out_tokens > entry.max_output_tokens)):
+            continue
+        per_call_nusd = cost_of(Usage(input_tokens=context_tokens, output_tokens=out_tokens),
+                                entry).total_nusd
+        per_call = per_call_nusd / 1e9
+        if max_cost_usd is not None and per_call > max_cost_usd:
+            continue
+        rows.append({
+            "provider": entry.provider, "model": entry.model, "tier": entry.tier,
+            "mode": entry.mode, "context_window_tokens": entry.context_window_tokens,
+            "max_output_tokens": entry.max_output_tokens,
+            "input_usd_per_mtok": str(entry.input_usd_per_mtok),
+            "output_usd_per_mtok": str(entry.output_usd_per_mtok),
+            "cost_per_call_usd": per_call, "cost_per_day_usd": per_call * calls_per_day,
+            "cost_per_month_usd": per_call * calls_per_day * MONTH_DAYS,
+            "pricing_id": entry.pricing_id, "_nusd": per_call_nusd,
+        })
+    rows.sort(key=lambda r: (r["_nusd"], rank.get(r["provider"], len(rank)), r["model"]))
+    for row in rows:
+        del row["_nusd"]
+    return rows[:limit]
