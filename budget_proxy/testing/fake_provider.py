@@ -28,6 +28,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
+import gc
 import itertools
 import os
 import struct
@@ -217,6 +219,7 @@ class FakeProvider:
     """Base URL while :meth:`serve` is running."""
 
     def __post_init__(self) -> None:
+        self._initial = {name: copy.deepcopy(getattr(self, name)) for name in _KNOBS}
         self._ids = itertools.count(1)
         self._json_str_cache: dict[str, bytes] = {}
         self._embedding_cache: dict[tuple[int, str], orjson.Fragment] = {}
@@ -247,9 +250,13 @@ class FakeProvider:
         family: Family | None = None,
         status: int | None = None,
     ) -> int:
-        """Number of recorded requests matching every given filter."""
-        if path is not None and family is None and status is None and not self.record_requests:
-            return self.counts[path]
+        """Number of requests matching every given filter.
+
+        With ``record_requests`` off only the per-path counters exist, so only ``path``
+        (or no filter at all) can be answered.
+        """
+        if not self.record_requests and family is None and status is None:
+            return self.counts[path] if path is not None else sum(self.counts.values())
         return sum(
             1
             for r in self.requests
@@ -266,10 +273,9 @@ class FakeProvider:
         return self.requests[-1]
 
     def reset(self) -> None:
-        """Forget recorded requests and restore every knob to its default."""
-        defaults = FakeProvider()
-        for name in _KNOBS:
-            setattr(self, name, getattr(defaults, name))
+        """Forget recorded requests and restore every knob to its value at construction."""
+        for name, value in self._initial.items():
+            setattr(self, name, copy.deepcopy(value))
         self.requests.clear()
         self.counts.clear()
 
@@ -1192,7 +1198,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    chunks = _default_chunks()
+    if args.chunks is not None:
+        chunks = [chunks[i % len(chunks)] for i in range(args.chunks)]
     fake = FakeProvider(
+        reply_chunks=chunks,
         prompt_tokens=args.prompt_tokens,
         completion_tokens=args.completion_tokens,
         chunk_delay_s=args.chunk_delay_ms / 1000,
@@ -1200,9 +1210,6 @@ def main(argv: list[str] | None = None) -> None:
         response_delay_s=args.delay_ms / 1000,
         record_requests=args.record,
     )
-    if args.chunks is not None:
-        base = fake.reply_chunks
-        fake.reply_chunks = [base[i % len(base)] for i in range(args.chunks)]
 
     if not args.no_uvloop:
         with contextlib.suppress(ImportError):
@@ -1218,6 +1225,7 @@ def main(argv: list[str] | None = None) -> None:
         site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)
         await site.start()
         host, port = runner.addresses[0][:2]
+        gc.freeze()
         print(f"fake-provider listening on http://{host}:{port} pid={os.getpid()}", flush=True)
         try:
             await asyncio.Event().wait()
