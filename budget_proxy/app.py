@@ -10,21 +10,41 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
 
-from budget_proxy import tokens
+from budget_proxy import tokens, ws
+from budget_proxy.alerts import Alerts
+from budget_proxy.allocations import Allocations
 from budget_proxy.api import all_routes
-from budget_proxy.api.common import auth_middleware
-from budget_proxy.appkeys import CATALOG, EVENTS, POLICIES, PROXY, SETTINGS, STORE
+from budget_proxy.api.budgets import ensure_default_budget
+from budget_proxy.api.common import Handler, auth_middleware
+from budget_proxy.appkeys import (
+    ALERTS,
+    ALLOCATIONS,
+    CATALOG,
+    EVENTS,
+    KEYS,
+    METRICS,
+    POLICIES,
+    PROXY,
+    SETTINGS,
+    STORE,
+)
 from budget_proxy.config import Settings
 from budget_proxy.events import EventBus
+from budget_proxy.hermes import hermes_ctx
+from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
-from budget_proxy.pricing import PriceCatalog
+from budget_proxy.policy_files import load_at_startup
+from budget_proxy.price_update import prices_ctx
+from budget_proxy.pricing import PriceBook
 from budget_proxy.proxy import Proxy
 from budget_proxy.store.base import Store, StoreError
 from budget_proxy.store.sqlite import SqliteStore
+from budget_proxy.virtual_keys import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +67,26 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.start()
     policies = app[POLICIES]
-    await policies.refresh(force=True)
+    try:
+        await policies.refresh(force=True)
+    except StoreError as exc:  # Redis down at start: serve per fail mode, the poll catches up
+        log.error("policies not loaded at start-up, store unavailable: %s", exc)
     yield
     await store.close()
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Redis store only: start-up config check, pub/sub (config notices from other replicas
+    refresh the policy cache; events are relayed both ways), journal replay, clock sync."""
+    from budget_proxy.store.redis import RedisStore
+
+    store = app[STORE]
+    if not isinstance(store, RedisStore):
+        yield
+        return
+    store.on_config_change.append(app[POLICIES].refresh)
+    async with store.background(app[EVENTS]):
+        yield
 
 
 async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -67,6 +104,37 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await proxy.drain()
     await session.close()
+
+
+async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Policy files reconciled into the store (an invalid file refuses start-up), the default
+    budget, virtual keys on the proxy, and the loops that expire allocations and converge the
+    key ring across replicas."""
+    settings = app[SETTINGS]
+    await ensure_default_budget(app[STORE])
+    await load_at_startup(app[STORE], settings.policies_dir)
+    await app[POLICIES].refresh(force=True)
+    await app[KEYS].refresh(force=True)
+    app[PROXY].identify_key = app[KEYS].identify
+
+    async def sweeper() -> None:
+        while True:
+            await asyncio.sleep(settings.reaper_interval_s)
+            try:
+                await app[ALLOCATIONS].sweep()
+            except StoreError as exc:
+                log.warning("allocation sweep: %s", exc)
+            except Exception:  # a bug must not stop expiry for good
+                log.exception("allocation sweep failed")
+
+    tasks = [asyncio.create_task(sweeper(), name="allocation-sweeper"),
+             asyncio.create_task(app[KEYS].poll(POLICY_POLL_INTERVAL_S), name="key-poll")]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -95,22 +163,56 @@ async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def _observe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metrics, alerts and events hooks on the proxy; webhook sender; event-loop lag probe."""
+    proxy = app[PROXY]
+    app[METRICS].install(proxy)
+    app[ALERTS].install(proxy)
+    ws.install_event_hooks(proxy, app[EVENTS])
+    await app[ALERTS].start()
+    lag = asyncio.create_task(app[METRICS].watch_loop_lag(), name="loop-lag")
+    yield
+    lag.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lag
+    await app[ALERTS].stop()
+
+
+@web.middleware
+async def _read_your_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admin reads wait for this replica's settlements in flight (they run after responses)."""
+    if request.path.startswith("/api/") and PROXY in request.app:
+        await request.app[PROXY].settled()
+    return await handler(request)
+
+
 async def _proxy_handler(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[auth_middleware],
+        client_max_size=settings.max_body_bytes, middlewares=[auth_middleware, _read_your_writes],
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
     app[STORE] = store or make_store(settings)
     app[POLICIES] = PolicyCache(app[STORE])
-    app[CATALOG] = PriceCatalog.load_default()
+    app[CATALOG] = PriceBook.load_default()  # the catalog with stored price versions over it
     app[EVENTS] = EventBus()
-    app.cleanup_ctx.extend([_store_ctx, _http_ctx, _loops_ctx])
+    app[METRICS] = Metrics(settings, app[STORE], app[POLICIES])
+    app[ALERTS] = Alerts(settings, app[STORE], app[EVENTS], app[POLICIES], app[METRICS])
+    app[ALLOCATIONS] = Allocations(app[STORE], app[CATALOG], ZoneInfo(settings.timezone),
+                                   reservation_ttl_s=settings.reservation_ttl_s,
+                                   events=app[EVENTS])
+    app[KEYS] = KeyRing(app[STORE])
+    app.cleanup_ctx.extend([_store_ctx, _redis_ctx, _http_ctx, _admin_ctx, _loops_ctx,
+                            _observe_ctx])
+    app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
+    app.cleanup_ctx.append(hermes_ctx)  # optional service registry (HERMES_URL)
     app.router.add_routes(all_routes())
+    app.router.add_routes(app[METRICS].routes())
+    ws.setup(app)
     app.router.add_route("*", "/{provider}/{tail:.*}", _proxy_handler)
     return app
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderApi = Literal["openai", "anthropic", "gemini"]
@@ -28,6 +28,48 @@ class ProviderConfig(BaseModel):
     @property
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class WebhookConfig(BaseModel):
+    """One alert webhook: `json` posts the alert event as is, `slack` posts `{"text": ...}`."""
+
+    url: str
+    format: Literal["json", "slack"] = "json"
+
+
+def parse_webhook_urls(text: str | None) -> list[WebhookConfig]:
+    """`BUDGET_WEBHOOK_URLS`: comma-separated URLs; a `slack+` prefix selects the Slack format."""
+    hooks = []
+    for item in (text or "").split(","):
+        url = item.strip()
+        if not url:
+            continue
+        if url.startswith("slack+"):
+            hooks.append(WebhookConfig(url=url[len("slack+"):], format="slack"))
+        else:
+            hooks.append(WebhookConfig(url=url))
+    return hooks
+
+
+PriceSourceKind = Literal["litellm", "openrouter", "file"]
+
+
+class PriceSourceConfig(BaseModel):
+    """One price source (`budget_proxy.price_sources`): where it is, which format, how far it
+    is trusted (default by kind: file 1.0, litellm 0.8, openrouter 0.7)."""
+
+    kind: PriceSourceKind
+    name: str | None = None
+    url: str | None = None
+    path: Path | None = None
+    format: Literal["auto", "catalog", "litellm", "openrouter"] = "auto"
+    trust: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _has_a_location(self) -> PriceSourceConfig:
+        if not self.url and self.path is None:
+            raise ValueError(f"price source {self.name or self.kind} needs a url or a path")
+        return self
 
 
 class Settings(BaseSettings):
@@ -63,11 +105,50 @@ class Settings(BaseSettings):
     unknown_price: Literal["refuse", "ceiling", "alert"] = Field(
         "ceiling", description="Rule for a model missing from the price catalog."
     )
+    price_sources: str | None = Field(
+        None, description="Price sources, comma-separated `kind=url-or-path[|trust]` "
+        "(kind litellm, openrouter or file), a JSON list of `[[price_sources]]` tables, or "
+        "`default` for LiteLLM's published JSON and OpenRouter's models API.",
+    )
+    price_update_interval: float = Field(
+        0.0, ge=0, validation_alias=AliasChoices(
+            "PRICE_UPDATE_INTERVAL", "BUDGET_PRICE_UPDATE_INTERVAL", "price_update_interval"),
+        description="Minutes between scheduled price updates (PRICE_UPDATE_INTERVAL); 0: off.",
+    )
+    price_tolerance: float = Field(
+        0.01, ge=0, description="Relative difference within which two sources' prices agree."
+    )
+    price_min_trust: float = Field(
+        1.0, ge=0, description="Total trust of agreeing sources needed to apply a price.",
+    )
+    price_source_tables: list[PriceSourceConfig] = Field(
+        default_factory=list, description="`[[price_sources]]` tables of the config file."
+    )
     hermes_url: str | None = Field(
         None, validation_alias=AliasChoices("HERMES_URL", "BUDGET_HERMES_URL")
     )
 
+    webhook_urls: str | None = Field(
+        None, description="Alert webhooks, comma-separated; `slack+https://...` for Slack."
+    )
+    webhook_timeout_s: float = Field(5.0, description="Timeout of one webhook delivery attempt.")
+    webhook_max_attempts: int = Field(6, ge=1, description="Delivery attempts per alert.")
+    webhook_backoff_s: float = Field(
+        1.0, description="Delay before the first retry; doubled for each further retry."
+    )
+
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, description="`[[webhooks]]` tables of the config file."
+    )
+
+    @field_validator("price_sources")
+    @classmethod
+    def _valid_price_sources(cls, value: str | None) -> str | None:
+        from budget_proxy.price_sources import parse_sources_env
+
+        parse_sources_env(value)  # raises naming the bad entry
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -90,6 +171,10 @@ class Settings(BaseSettings):
             ),
         }
         return {**builtin, **self.providers}
+
+    def all_webhooks(self) -> list[WebhookConfig]:
+        """The config file's `[[webhooks]]` plus `BUDGET_WEBHOOK_URLS`."""
+        return [*self.webhooks, *parse_webhook_urls(self.webhook_urls)]
 
 
 class ConfigError(ValueError):
@@ -115,6 +200,15 @@ def load_settings(config_path: Path | None = None, **overrides: object) -> Setti
             except Exception as exc:
                 raise ConfigError(f"{path}: [providers.{name}]: {exc}") from exc
         file_values["providers"] = providers
+        try:
+            file_values["webhooks"] = [WebhookConfig(**t) for t in raw.get("webhooks", [])]
+        except Exception as exc:
+            raise ConfigError(f"{path}: [[webhooks]]: {exc}") from exc
+        try:
+            file_values["price_source_tables"] = [
+                PriceSourceConfig(**t) for t in raw.get("price_sources", [])]
+        except Exception as exc:
+            raise ConfigError(f"{path}: [[price_sources]]: {exc}") from exc
         file_values["config"] = path
     merged = {**file_values, **env_settings.model_dump(exclude_unset=True), **overrides}
     return Settings(**{k: v for k, v in merged.items() if v is not None})

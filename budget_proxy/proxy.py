@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,12 +22,13 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from budget_proxy import tokens
+from budget_proxy import allocations, tokens
 from budget_proxy.config import ProviderConfig, Settings
 from budget_proxy.enforcement import (
     CounterLine,
     RequestScope,
     ReserveResult,
+    Totals,
     counter_lines,
     soft_limit_move,
     tightest_remaining,
@@ -38,6 +39,7 @@ from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
 from budget_proxy.store.base import Reservation, Store, StoreError
+from budget_proxy.store.journal import SettlementJournaled
 from budget_proxy.usage import Usage, cost_of, from_anthropic, worst_case_nusd
 from budget_proxy.wire import (
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -117,6 +119,7 @@ class Metered:
 FinishHook = Callable[[Metered, UsageRecord | None], None]  # record None: nothing charged
 RefuseHook = Callable[[str, str, str], None]  # provider, policy_id, reason
 StoreFailureHook = Callable[[str], None]  # operation (reserve, settle, release, ...)
+ErrorResponseHook = Callable[[str, int, str], None]  # api, status, code: answered by the proxy
 
 
 class Proxy:
@@ -139,6 +142,7 @@ class Proxy:
         self.on_finish: list[FinishHook] = []
         self.on_refuse: list[RefuseHook] = []
         self.on_store_failure: list[StoreFailureHook] = []
+        self.on_error_response: list[ErrorResponseHook] = []
         self.identify_key: Callable[[str], Attribution | None] | None = None
 
     # routing ------------------------------------------------------------------------------
@@ -178,13 +182,21 @@ class Proxy:
 
     # identify -----------------------------------------------------------------------------
     def attribution(self, request: web.Request) -> Attribution:
+        """Who pays. A virtual key (`bp-...` in the header the client's SDK sends its API key
+        in) names the component and cannot be overridden by headers; an unknown, revoked or
+        expired virtual key is refused (401, provider format) rather than served anonymously."""
         h = request.headers
         from_key = None
-        auth = h.get("Authorization", "")
-        if self.identify_key is not None and auth.startswith("Bearer bp-"):
-            from_key = self.identify_key(auth[7:])
-        elif self.identify_key is not None and h.get("x-api-key", "").startswith("bp-"):
-            from_key = self.identify_key(h["x-api-key"])
+        secret = _virtual_key(h)
+        if secret is not None and self.identify_key is not None:
+            from_key = self.identify_key(secret)
+            if from_key is None:
+                resolved = self.resolve(request.path)
+                api = resolved[0].api if resolved else "openai"
+                raise web.HTTPUnauthorized(
+                    text=error_body(api, 401, "unknown or revoked budget-proxy virtual key",
+                                    code="invalid_api_key").decode(),
+                    content_type="application/json")
         component = (from_key.component if from_key else None) or h.get(
             "X-Budget-Component") or self.settings.component
         return Attribution(
@@ -198,7 +210,10 @@ class Proxy:
 
     # pricing ------------------------------------------------------------------------------
     def price_for(self, provider: str, model: str) -> ModelPrice | None:
-        return self.catalog.lookup(provider, model)
+        """The price in force (catalog overlaid with stored price versions); for a model it
+        does not know, the BUDGET_UNKNOWN_PRICE rule: None under `refuse`, else the provider's
+        ceiling price (never $0; `alert` also raises one alert per model). Cached."""
+        return self.catalog.resolve_price(provider, model, self.settings.unknown_price)
 
     # handler ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -215,6 +230,8 @@ class Proxy:
 
     def error(self, api: str, status: int, message: str, *, code: str | None = None,
               headers: dict[str, str] | None = None) -> web.Response:
+        for hook in self.on_error_response:
+            hook(api, status, code or "")
         return web.Response(
             status=status, body=error_body(api, status, message, code=code),
             content_type="application/json", headers=headers,
@@ -278,9 +295,11 @@ class Proxy:
         who = self.attribution(request)
         requested_model = model
         price = self.price_for(provider.name, model)
-        if price is None:
-            return self.error(api, 400, f"model {model!r} has no price in the catalog",
-                              code="unknown_model_price")
+        if price is None:  # BUDGET_UNKNOWN_PRICE=refuse: never forwarded, never free
+            return self.error(
+                api, 400, f"model {model!r} (provider {provider.name}) has no price in the "
+                "budget proxy's catalog; unpriced models are refused (BUDGET_UNKNOWN_PRICE="
+                "refuse)", code="unknown_model_price")
         scope = self.scope(provider.name, model, price, who)
         now = self.store.now()
         lines = counter_lines(self.policies.policies, scope, now, self.tz)
@@ -292,7 +311,9 @@ class Proxy:
             try:
                 totals = await self.store.totals([ln.key for ln in lines])
             except StoreError as exc:
-                return self.store_down(api, exc)
+                if self.settings.fail_mode != "open":
+                    return self.store_down(api, exc)
+                totals = [Totals() for _ in lines]  # fail open: no soft-limit move
             moved, notes = soft_limit_move(self.policies.by_id, lines, totals)
             if moved and moved != model:
                 moved_price = self.price_for(provider.name, moved)
@@ -302,6 +323,33 @@ class Proxy:
                     rewrite = True
                     scope = self.scope(provider.name, model, price, who)
                     lines = counter_lines(self.policies.policies, scope, now, self.tz)
+
+        # allocation: its own enforced line joins the same atomic reserve (budget_proxy.allocations)
+        if who.allocation_id or who.context_id:
+            try:
+                plan = await allocations.plan_draw(self.store, who.allocation_id, who.context_id,
+                                                   lines)
+            except StoreError as exc:
+                if self.settings.fail_mode != "open":
+                    return self.store_down(api, exc)
+                plan = allocations.DrawPlan(lines)  # fail open: charged as if it had none
+            if plan.refusal is not None:
+                named = plan.allocation.allocation_id if plan.allocation else who.allocation_id
+                return self.error(api, 429, f"Budget exceeded: {plan.refusal}",
+                                  code="budget_exceeded", headers={
+                                      "x-should-retry": "false", "X-Budget-Policy": named or ""})
+            alloc = plan.allocation
+            if alloc is not None:
+                lines = plan.lines
+                who = replace(who, allocation_id=alloc.allocation_id,
+                              context_id=who.context_id or alloc.context_id)
+                if (who.component != alloc.component and _virtual_key(request.headers) is None
+                        and "X-Budget-Component" not in request.headers):
+                    # naming no component, it does the allocation's work: charged to its one
+                    who = replace(who, component=alloc.component)
+                    scope = self.scope(provider.name, model, price, who)
+                    lines = allocations.drawn_lines(
+                        alloc, counter_lines(self.policies.policies, scope, now, self.tz))
 
         streaming = is_streaming(kind, body, rest)
         strip_usage = False
@@ -324,7 +372,15 @@ class Proxy:
         try:
             result = await self.store.reserve(reservation, lines, self.settings.reservation_ttl_s)
         except StoreError as exc:
-            return self.store_down(api, exc)
+            if self.settings.fail_mode != "open":
+                return self.store_down(api, exc)
+            # fail open: forward without a hold; the settlement (journaled by the store)
+            # charges the same counters once the store is back
+            for hook in self.on_store_failure:
+                hook("reserve")
+            _log_store_down(f"budget store unavailable, forwarding unchecked (fail open): {exc}")
+            result = ReserveResult(True, tuple(Totals() for _ in lines))
+            notes.append("budget store unavailable: forwarded without a budget check")
         if not result.ok:
             return self.refuse(api, provider.name, lines, result, reservation)
 
@@ -369,7 +425,8 @@ class Proxy:
         totals = result.totals[result.refused_index]
         policy = self.policies.by_id.get(line.policy_id)
         label = (policy.name if policy and policy.name else line.policy_id)
-        period = policy.period.value if policy else "window"
+        period = policy.period.value if policy else (
+            "allocation" if line.key.startswith("alloc:") else "window")
         parts = []
         if line.limit_nusd is not None:
             left = max(0, line.limit_nusd - totals.used_nusd)
@@ -389,8 +446,13 @@ class Proxy:
         return self.error(api, 429, message, code="budget_exceeded", headers=headers)
 
     def store_down(self, api: str, exc: StoreError) -> web.Response:
-        log.error("budget store unavailable: %s", exc)
-        return self.error(api, 503, "budget store unavailable; request not forwarded",
+        """Fail closed: a 503 in the provider's format, at once, never forwarded. SDKs retry
+        a 503 (after `Retry-After`), which is right: the store usually comes back."""
+        _log_store_down(f"budget store unavailable, refusing (fail closed): {exc}")
+        for hook in self.on_store_failure:
+            hook("reserve")
+        return self.error(api, 503, "budget store unavailable; request not forwarded "
+                          "(BUDGET_FAIL_MODE=closed)",
                           code="budget_store_unavailable", headers={"Retry-After": "1"})
 
     # forward and settle -------------------------------------------------------------------
@@ -441,10 +503,12 @@ class Proxy:
                 return response
         finally:
             meta.finished_at = time.perf_counter()
+            # Settlement runs in its own task, after the response is complete: off the
+            # client's latency path, and beyond the reach of the handler's cancellation (a
+            # client hanging up). Reads through this replica wait for it (`settled`).
             task = asyncio.ensure_future(self.settle(meta, tap, meta.outcome))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
-            await asyncio.shield(task)
 
     async def relay_stream(
         self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
@@ -481,8 +545,11 @@ class Proxy:
         if outcome == "error":
             try:
                 await self.store.release(reservation)
-            except StoreError as exc:
-                log.error("release of %s failed: %s", reservation.reservation_id, exc)
+            except StoreError as exc:  # the hold expires: the reaper releases it
+                log.warning("release of %s failed, the reaper will release it: %s",
+                            reservation.reservation_id, exc)
+                for hook in self.on_store_failure:
+                    hook("release")
             for hook in self.on_finish:
                 hook(meta, None)
             return
@@ -505,8 +572,14 @@ class Proxy:
         )
         try:
             await self.store.settle(reservation, cost.total_nusd, usage.total_tokens, record)
+        except SettlementJournaled as exc:  # durable: applied exactly once when back
+            _log_store_down(str(exc))
+            for hook in self.on_store_failure:
+                hook("settle")
         except StoreError as exc:
             log.error("settlement of %s failed: %s", record.record_id, exc)
+            for hook in self.on_store_failure:
+                hook("settle")
             return
         for hook in self.on_finish:
             hook(meta, record)
@@ -530,6 +603,37 @@ class Proxy:
         """Wait for in-flight settlements (shutdown)."""
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+
+    async def settled(self) -> None:
+        """Wait for the settlements already started, so a read through this replica sees
+        every call it has answered (read-your-writes for the admin API)."""
+        pending = [task for task in self.background if not task.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+
+_store_down_logged_at = 0.0
+
+
+def _log_store_down(message: str) -> None:
+    """Store outages log once a second, not once per request."""
+    global _store_down_logged_at
+    now = time.monotonic()
+    if now - _store_down_logged_at >= 1.0:
+        _store_down_logged_at = now
+        log.error("%s", message)
+
+
+def _virtual_key(headers: Any) -> str | None:
+    """A `bp-...` secret from whichever credential header the client's SDK uses."""
+    auth = headers.get("Authorization", "")
+    if auth.startswith("Bearer bp-"):
+        return auth[7:]
+    for name in ("x-api-key", "api-key", "x-goog-api-key"):
+        value = headers.get(name, "")
+        if value.startswith("bp-"):
+            return value
+    return None
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:

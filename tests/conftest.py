@@ -78,7 +78,8 @@ async def proxy_factory(fake: FakeProvider, tmp_path: Path):
     servers: list[TestServer] = []
 
     async def start(**overrides: object) -> RunningProxy:
-        settings = proxy_settings(fake.url, tmp_path / "data", **overrides)  # type: ignore[attr-defined]
+        data_dir = overrides.pop("data_dir", tmp_path / "data")  # replicas need their own
+        settings = proxy_settings(fake.url, data_dir, **overrides)  # type: ignore[attr-defined,arg-type]
         app = create_app(settings)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
