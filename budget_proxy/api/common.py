@@ -23,7 +23,7 @@ VIRTUAL_KEY_PREFIX = "bp-"
 # POSTs that only compute an answer: the viewer token may call them
 READ_ONLY_POSTS = frozenset({
     "/api/usage/check", "/api/assistant/analyze", "/api/assistant/optimize",
-    "/api/assistant/recommend-model",
+    "/api/assistant/recommend-model", "/api/prices/calculate",
 })
 M = TypeVar("M", bound=BaseModel)
 

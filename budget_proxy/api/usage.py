@@ -16,7 +16,7 @@ from aiohttp import web
 from budget_proxy import allocations, tokens
 from budget_proxy.api.common import api_error, json_response, read_model, read_query
 from budget_proxy.api.openapi import api_route
-from budget_proxy.appkeys import EVENTS, POLICIES, PROXY, SETTINGS, STORE
+from budget_proxy.appkeys import ALERTS, EVENTS, POLICIES, PROXY, SETTINGS, STORE
 from budget_proxy.enforcement import (
     CounterLine,
     RequestScope,
@@ -261,6 +261,7 @@ async def record_usage(request: web.Request) -> web.Response:
     # settle without a prior reservation: spend lands on every line, never refused
     charge = Reservation(record.record_id, tuple(ln.key for ln in lines), 0, 0)
     await store.settle(charge, cost.total_nusd, usage.total_tokens, record)
+    app[ALERTS].check(lines)
     totals = await store.totals([ln.key for ln in lines])
     remaining = tightest_remaining(lines, totals)
     over = [ln.policy_id for ln, t in zip(lines, totals, strict=True)

@@ -105,7 +105,7 @@ def test_standalone_deployment():
     env = {e["name"]: e.get("value") for e in proxy["env"]}
     assert env["BUDGET_HOST"] == "0.0.0.0" and env["BUDGET_PORT"] == "8013"
     assert env["BUDGET_DATA_DIR"] == "/var/lib/budget-proxy"
-    assert proxy["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert proxy["readinessProbe"]["httpGet"]["path"] == "/api/health"
     assert "tcpSocket" in proxy["livenessProbe"]  # a store outage must not restart the pod
     assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -267,3 +267,15 @@ async def test_price_alerts_are_deduplicated(proxy):
     assert stored == {"price_change", "price_conflict"}
     body = json.loads(first.model_dump_json())
     assert body["data"]["new"] == new
+
+
+async def test_usage_recorded_through_the_api_raises_threshold_alerts(proxy):
+    await add_policy(proxy, period="daily", type="warn", cost_limit=0.001, name="direct-calls")
+    resp = await proxy.api("POST", "/api/usage/record", json={
+        "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 5000,
+        "output_tokens": 500, "component": "batch"})
+    assert resp.status_code in (200, 201), resp.text
+
+    async def raised() -> bool:
+        return any(a.type == "warning_threshold" for a in await stored_alerts(proxy))
+    await eventually(raised)

@@ -129,13 +129,14 @@ app.kubernetes.io/component: {{ .Values.mode }}
       port: http
     periodSeconds: 2
     failureThreshold: 60
+  # readiness asks the store too (/api/health is 503 while it is unreachable)
   readinessProbe:
     httpGet:
-      path: /health
+      path: /api/health
       port: http
     periodSeconds: 10
     failureThreshold: 3
-  # liveness does not call /health: a store outage must not restart the proxy
+  # liveness is the socket only: a store outage must not restart the proxy
   livenessProbe:
     tcpSocket:
       port: http
