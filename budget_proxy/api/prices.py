@@ -311,7 +311,7 @@ def routes() -> list[web.RouteDef]:
         api_route("POST", "/api/prices/update", update_prices, summary="Run a price update "
                   "now", tag=TAG, query=UpdateQuery),
         api_route("POST", "/api/prices/calculate", calculate, summary="Cost of a call",
-                  tag=TAG, body=CalculateRequest),
+                  tag=TAG, body=CalculateRequest, access="read"),
         api_route("GET", "/api/prices/calculate", calculate_get, summary="Cost of a call",
                   tag=TAG, query=CalculateRequest),
         api_route("GET", "/api/prices/{provider}/{model:.+}/history", price_history,

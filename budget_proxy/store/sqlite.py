@@ -74,6 +74,8 @@ class SqliteStore(Store):
         self._counters: dict[str, list[int]] = {}
         self._reservations: dict[str, tuple[Reservation, float]] = {}
         self._reservations_dirty = False
+        self._pending: list[
+            tuple[Reservation, int, int, UsageRecord | None, asyncio.Future[bool]]] = []
         self._checkpointer: asyncio.Task[None] | None = None
         self._version = 0
 
@@ -105,6 +107,7 @@ class SqliteStore(Store):
                 await self._checkpointer
             self._checkpointer = None
         if self._db is not None:
+            self._flush_settlements()
             self.checkpoint()
             self._db.close()
             self._db = None
@@ -177,42 +180,74 @@ class SqliteStore(Store):
     async def settle(
         self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
     ) -> bool:
-        db = self.db
+        """Group commit: settlements arriving in the same loop iteration share one SQLite
+        transaction, so a burst pays one commit, not one each; each still returns only
+        once its transaction has committed."""
+        if self._db is None:
+            raise StoreError("embedded store is not open")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((reservation, cost_nusd, tokens, record, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_settlements)
+        return await future
+
+    def _flush_settlements(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
+            db = self.db
             db.execute("BEGIN")
-            if record is None:
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
-                    (reservation.reservation_id,),
-                ).rowcount
-            else:
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    _usage_row(record),
-                ).rowcount
-            if not inserted:
-                db.execute("ROLLBACK")
-                return False
-            held = reservation.reservation_id in self._reservations
-            db.executemany(
-                "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
-                "spent_tokens = spent_tokens + excluded.spent_tokens",
-                [(key, cost_nusd, tokens) for key in reservation.keys],
-            )
+            applied = [self._write_settlement(db, *item[:4]) for item in batch]
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise StoreError(str(exc)) from exc
-        if held:
-            self._hold(self._reservations.pop(reservation.reservation_id)[0], -1)
+        except (sqlite3.Error, StoreError) as exc:
+            if self._db is not None and self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError(str(exc)))
+            return
+        for (reservation, cost_nusd, tokens, _, future), done in zip(batch, applied, strict=True):
+            if done:
+                self._apply_settlement(reservation, cost_nusd, tokens)
+            if not future.done():
+                future.set_result(done)
+
+    @staticmethod
+    def _write_settlement(
+        db: sqlite3.Connection, reservation: Reservation, cost_nusd: int, tokens: int,
+        record: UsageRecord | None,
+    ) -> bool:
+        """Write one settlement inside the open transaction; False if already applied."""
+        if record is None:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
+                (reservation.reservation_id,),
+            ).rowcount
+        else:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _usage_row(record),
+            ).rowcount
+        if not inserted:
+            return False
+        db.executemany(
+            "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
+            "spent_tokens = spent_tokens + excluded.spent_tokens",
+            [(key, cost_nusd, tokens) for key in reservation.keys],
+        )
+        return True
+
+    def _apply_settlement(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:
+        held = self._reservations.pop(reservation.reservation_id, None)
+        if held is not None:
+            self._hold(held[0], -1)
             self._reservations_dirty = True
         for key in reservation.keys:
             counter = self._counter(key)
             counter[0] += cost_nusd
             counter[2] += tokens
-        return True
 
     async def release(self, reservation: Reservation) -> None:
         self._drop(reservation.reservation_id)
