@@ -1036,6 +1036,91 @@ for _scenario in (
     register_scenario(_scenario)
 
 
+# Proxy features: policies per request, and the Redis store ---------------------------------
+
+FIVE_POLICIES = """
+# five policies that all match every benchmark request (openai, gpt-4o-mini, component bench)
+[policy.bench-daily-hard]
+type = "hard_limit"
+period = "daily"
+cost_limit = 1000000.0
+
+[policy.bench-monthly-openai]
+type = "hard_limit"
+period = "monthly"
+provider = "openai"
+cost_limit = 1000000.0
+
+[policy.bench-hourly-tokens]
+type = "hard_limit"
+period = "hourly"
+token_limit = 100000000000
+
+[policy.bench-weekly-warn]
+type = "warn"
+period = "weekly"
+cost_limit = 1000000.0
+
+[policy.bench-daily-model]
+type = "soft_limit"
+period = "daily"
+model = "gpt-4o-mini"
+cost_limit = 1000000.0
+fallback_model = "gpt-4o-mini"
+"""
+
+
+def with_five_policies(ctx: RunContext, data_dir: Path) -> dict[str, str]:
+    """Five policies matching every request (hard, warn and soft limits across periods)."""
+    policy_dir = data_dir / "policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "bench.toml").write_text(FIVE_POLICIES)
+    return {"BUDGET_POLICIES_DIR": str(policy_dir)}
+
+
+def with_redis(ctx: RunContext, data_dir: Path) -> dict[str, str]:
+    """A private redis-server (AOF everysec, as recommended) on the load core."""
+    port = free_port()
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(redis_dir),
+         "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, preexec_fn=pin_to_core(CORE_LOAD),
+    )
+    ctx.on_cleanup(redis.terminate)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            break
+        time.sleep(0.05)
+    return {"BUDGET_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+
+
+def with_redis_and_five_policies(ctx: RunContext, data_dir: Path) -> dict[str, str]:
+    return {**with_redis(ctx, data_dir), **with_five_policies(ctx, data_dir)}
+
+
+if shutil.which("redis-server"):
+    _redis_scenarios: tuple[Scenario, ...] = (
+        Scenario("serial_redis", "one request at a time, Redis store", measure_serial,
+                 proxy_setup=with_redis),
+        Scenario("serial_redis_5_policies", "one request at a time, Redis store, 5 matching "
+                 "policies", measure_serial, proxy_setup=with_redis_and_five_policies),
+        Scenario("throughput_redis", "32 concurrent clients, Redis store",
+                 measure_throughput, proxy_setup=with_redis),
+    )
+else:
+    _redis_scenarios = ()
+for _scenario in (
+    Scenario("serial_5_policies", "one request at a time, embedded store, 5 matching policies",
+             measure_serial, proxy_setup=with_five_policies),
+    *_redis_scenarios,
+):
+    register_scenario(_scenario)
+
+
 # Orchestration ---------------------------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from budget_proxy.metrics import Metrics
     from budget_proxy.proxy import Metered, Proxy
 
+CHECK_COALESCE_S = 0.1  # threshold checks of a burst of settlements share one read
 log = logging.getLogger(__name__)
 
 ALERT_KIND = "alert"  # store document kind (listed and acknowledged by /api/alerts)
@@ -427,8 +428,11 @@ class Alerts:
 
     async def _check_dirty(self) -> None:
         """Read every counter marked since the last pass in one round trip; repeat until no
-        request marks any more (so bursts coalesce into a few reads)."""
+        request marks any more (so bursts coalesce into a few reads). Each pass waits
+        `CHECK_COALESCE_S` first: under steady traffic that is a handful of reads a second,
+        not one per request, and an alert is at most that much later."""
         while self._dirty:
+            await asyncio.sleep(CHECK_COALESCE_S)
             batch, self._dirty = self._dirty, {}
             lines = list(batch.values())
             try:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,7 +35,7 @@ from budget_proxy.enforcement import (
     tightest_remaining,
     warnings,
 )
-from budget_proxy.models import UsageRecord, nusd_to_usd
+from budget_proxy.models import PolicyType, UsageRecord, nusd_to_usd
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
@@ -300,56 +301,13 @@ class Proxy:
                 api, 400, f"model {model!r} (provider {provider.name}) has no price in the "
                 "budget proxy's catalog; unpriced models are refused (BUDGET_UNKNOWN_PRICE="
                 "refuse)", code="unknown_model_price")
-        scope = self.scope(provider.name, model, price, who)
         now = self.store.now()
-        lines = counter_lines(self.policies.policies, scope, now, self.tz)
+        planned = await self.plan_lines(request, api, provider.name, model, price, who, now)
+        if isinstance(planned, web.Response):
+            return planned
+        lines, who = planned
         notes: list[str] = []
         rewrite = False
-
-        # soft limits: past the action threshold, move to the cheaper model before reserving
-        if any(self.policies.by_id[ln.policy_id].type.value == "soft_limit" for ln in lines):
-            try:
-                totals = await self.store.totals([ln.key for ln in lines])
-            except StoreError as exc:
-                if self.settings.fail_mode != "open":
-                    return self.store_down(api, exc)
-                totals = [Totals() for _ in lines]  # fail open: no soft-limit move
-            moved, notes = soft_limit_move(self.policies.by_id, lines, totals)
-            if moved and moved != model:
-                moved_price = self.price_for(provider.name, moved)
-                if moved_price is not None:
-                    model, price = moved, moved_price
-                    body["model"] = moved
-                    rewrite = True
-                    scope = self.scope(provider.name, model, price, who)
-                    lines = counter_lines(self.policies.policies, scope, now, self.tz)
-
-        # allocation: its own enforced line joins the same atomic reserve (budget_proxy.allocations)
-        if who.allocation_id or who.context_id:
-            try:
-                plan = await allocations.plan_draw(self.store, who.allocation_id, who.context_id,
-                                                   lines)
-            except StoreError as exc:
-                if self.settings.fail_mode != "open":
-                    return self.store_down(api, exc)
-                plan = allocations.DrawPlan(lines)  # fail open: charged as if it had none
-            if plan.refusal is not None:
-                named = plan.allocation.allocation_id if plan.allocation else who.allocation_id
-                return self.error(api, 429, f"Budget exceeded: {plan.refusal}",
-                                  code="budget_exceeded", headers={
-                                      "x-should-retry": "false", "X-Budget-Policy": named or ""})
-            alloc = plan.allocation
-            if alloc is not None:
-                lines = plan.lines
-                who = replace(who, allocation_id=alloc.allocation_id,
-                              context_id=who.context_id or alloc.context_id)
-                if (who.component != alloc.component and _virtual_key(request.headers) is None
-                        and "X-Budget-Component" not in request.headers):
-                    # naming no component, it does the allocation's work: charged to its one
-                    who = replace(who, component=alloc.component)
-                    scope = self.scope(provider.name, model, price, who)
-                    lines = allocations.drawn_lines(
-                        alloc, counter_lines(self.policies.policies, scope, now, self.tz))
 
         streaming = is_streaming(kind, body, rest)
         strip_usage = False
@@ -361,26 +319,37 @@ class Proxy:
 
         input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
         max_out = requested_max_output(kind, body)
-        if max_out is None:
-            max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
-        reservation = Reservation(
-            reservation_id=uuid.uuid4().hex,
-            keys=tuple(ln.key for ln in lines),
-            cost_nusd=worst_case_nusd(input_tokens, max_out, price),
-            tokens=input_tokens + max_out,
-        )
-        try:
-            result = await self.store.reserve(reservation, lines, self.settings.reservation_ttl_s)
-        except StoreError as exc:
-            if self.settings.fail_mode != "open":
-                return self.store_down(api, exc)
-            # fail open: forward without a hold; the settlement (journaled by the store)
-            # charges the same counters once the store is back
-            for hook in self.on_store_failure:
-                hook("reserve")
-            _log_store_down(f"budget store unavailable, forwarding unchecked (fail open): {exc}")
-            result = ReserveResult(True, tuple(Totals() for _ in lines))
-            notes.append("budget store unavailable: forwarded without a budget check")
+        reservation = self.reservation_for(lines, input_tokens, max_out, price)
+        result = await self.reserve(api, lines, reservation, notes)
+        if isinstance(result, web.Response):
+            return result
+
+        # Soft limits decide on the totals the reservation itself returned (no extra round
+        # trip): past the action threshold, release and reserve again for the cheaper model.
+        if any(self.policies.by_id[ln.policy_id].type is PolicyType.SOFT_LIMIT
+               for ln in lines if ln.policy_id in self.policies.by_id):
+            before = _without_hold(result, reservation)
+            moved, soft_notes = soft_limit_move(self.policies.by_id, lines, before)
+            notes.extend(soft_notes)
+            moved_price = self.price_for(provider.name, moved) if moved and moved != model else None
+            if moved and moved_price is not None:
+                if result.ok:
+                    try:
+                        await self.store.release(reservation)
+                    except StoreError:
+                        pass  # the reaper releases it at its deadline
+                planned = await self.plan_lines(request, api, provider.name, moved, moved_price,
+                                                who, now)
+                if isinstance(planned, web.Response):
+                    return planned
+                model, price, (lines, who) = moved, moved_price, planned
+                body["model"] = moved
+                rewrite = True
+                input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
+                reservation = self.reservation_for(lines, input_tokens, max_out, price)
+                result = await self.reserve(api, lines, reservation, notes)
+                if isinstance(result, web.Response):
+                    return result
         if not result.ok:
             return self.refuse(api, provider.name, lines, result, reservation)
 
@@ -395,6 +364,72 @@ class Proxy:
         if rewrite:
             raw = orjson.dumps(body)
         return await self.forward(request, provider, rest, raw, meta, headers, strip_usage)
+
+    async def plan_lines(
+        self, request: web.Request, api: str, provider: str, model: str, price: ModelPrice,
+        who: Attribution, now: datetime,
+    ) -> tuple[list[CounterLine], Attribution] | web.Response:
+        """The counter lines of a call to `model`: its matching policy windows, and when it
+        draws on an allocation, that allocation's enforced line in their place (see
+        `budget_proxy.allocations`)."""
+        lines = counter_lines(self.policies.policies, self.scope(provider, model, price, who),
+                              now, self.tz)
+        if not (who.allocation_id or who.context_id):
+            return lines, who
+        try:
+            plan = await allocations.plan_draw(self.store, who.allocation_id, who.context_id,
+                                               lines)
+        except StoreError as exc:
+            if self.settings.fail_mode != "open":
+                return self.store_down(api, exc)
+            plan = allocations.DrawPlan(lines)  # fail open: charged as if it had none
+        if plan.refusal is not None:
+            named = plan.allocation.allocation_id if plan.allocation else who.allocation_id
+            return self.error(api, 429, f"Budget exceeded: {plan.refusal}",
+                              code="budget_exceeded", headers={
+                                  "x-should-retry": "false", "X-Budget-Policy": named or ""})
+        alloc = plan.allocation
+        if alloc is None:
+            return lines, who
+        lines = plan.lines
+        who = replace(who, allocation_id=alloc.allocation_id,
+                      context_id=who.context_id or alloc.context_id)
+        if (who.component != alloc.component and _virtual_key(request.headers) is None
+                and "X-Budget-Component" not in request.headers):
+            # naming no component, it does the allocation's work: charged to its one
+            who = replace(who, component=alloc.component)
+            lines = allocations.drawn_lines(alloc, counter_lines(
+                self.policies.policies, self.scope(provider, model, price, who), now, self.tz))
+        return lines, who
+
+    @staticmethod
+    def reservation_for(lines: list[CounterLine], input_tokens: int, max_out: int | None,
+                        price: ModelPrice) -> Reservation:
+        """The worst case of a call: all its input plus the most output it allows."""
+        if max_out is None:
+            max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+        return Reservation(
+            reservation_id=uuid.uuid4().hex,
+            keys=tuple(ln.key for ln in lines),
+            cost_nusd=worst_case_nusd(input_tokens, max_out, price),
+            tokens=input_tokens + max_out,
+        )
+
+    async def reserve(
+        self, api: str, lines: list[CounterLine], reservation: Reservation, notes: list[str]
+    ) -> ReserveResult | web.Response:
+        try:
+            return await self.store.reserve(reservation, lines, self.settings.reservation_ttl_s)
+        except StoreError as exc:
+            if self.settings.fail_mode != "open":
+                return self.store_down(api, exc)
+            # fail open: forward without a hold; the settlement (journaled by the store)
+            # charges the same counters once the store is back
+            for hook in self.on_store_failure:
+                hook("reserve")
+            _log_store_down(f"budget store unavailable, forwarding unchecked (fail open): {exc}")
+            notes.append("budget store unavailable: forwarded without a budget check")
+            return ReserveResult(True, tuple(Totals() for _ in lines))
 
     def scope(self, provider: str, model: str, price: ModelPrice, who: Attribution) -> RequestScope:
         return RequestScope(
@@ -622,6 +657,15 @@ def _log_store_down(message: str) -> None:
     if now - _store_down_logged_at >= 1.0:
         _store_down_logged_at = now
         log.error("%s", message)
+
+
+def _without_hold(result: ReserveResult, reservation: Reservation) -> list[Totals]:
+    """Totals as they were before this reservation (a refused one added nothing)."""
+    if not result.ok:
+        return list(result.totals)
+    return [Totals(t.spent_nusd, max(0, t.reserved_nusd - reservation.cost_nusd),
+                   t.spent_tokens, max(0, t.reserved_tokens - reservation.tokens))
+            for t in result.totals]
 
 
 def _virtual_key(headers: Any) -> str | None:

@@ -21,6 +21,10 @@ SCENARIOS = {
     "open_streams_200": ["openai"],
     "big_prompt": ["openai"],
     "memory_100k": ["openai"],
+    "serial_5_policies": ["openai"],
+    "serial_redis": ["openai"],
+    "serial_redis_5_policies": ["openai"],
+    "throughput_redis": ["openai"],
 }
 ROW_KEYS = {
     "throughput_rps",
@@ -36,7 +40,7 @@ ROW_KEYS = {
 }
 
 
-def run_harness(out: Path, *args: str, timeout: float = 120) -> dict[str, Any]:
+def run_harness(out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--out", str(out), *args],
         capture_output=True,
@@ -113,13 +117,13 @@ def test_python_generator_and_proxy_target(tmp_path: Path) -> None:
         "python",
         "--no-calibration",
         "--scenarios",
-        "nonstream_serial,stream_ttfc",
+        "nonstream_serial,stream_ttfc,serial_redis_5_policies",
         "--targets",
         targets,
     )
     assert results["meta"]["generator"] == "python"
     expected = {"direct", "floor", "proxy"} if with_proxy else {"direct", "floor"}
-    for name in ("nonstream_serial", "stream_ttfc"):
+    for name in ("nonstream_serial", "stream_ttfc", "serial_redis_5_policies"):
         for rows in results["scenarios"][name]["variants"].values():
             assert set(rows) == expected
             for target, row in rows.items():
