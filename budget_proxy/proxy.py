@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -35,7 +34,7 @@ from budget_proxy.enforcement import (
     tightest_remaining,
     warnings,
 )
-from budget_proxy.models import PolicyType, UsageRecord, nusd_to_usd
+from budget_proxy.models import PolicyType, UsageRecord, new_id, nusd_to_usd
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
@@ -409,7 +408,7 @@ class Proxy:
         if max_out is None:
             max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
         return Reservation(
-            reservation_id=uuid.uuid4().hex,
+            reservation_id=new_id("res"),
             keys=tuple(ln.key for ln in lines),
             cost_nusd=worst_case_nusd(input_tokens, max_out, price),
             tokens=input_tokens + max_out,

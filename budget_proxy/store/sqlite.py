@@ -28,6 +28,8 @@ from budget_proxy.models import UsageRecord
 from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
 
 CHECKPOINT_INTERVAL_S = 0.5  # how often in-memory reservations are written to SQLite
+GROUP_COMMIT_S = 0.002  # settlements arriving within this window share one transaction
+GROUP_COMMIT_MAX = 500  # ...up to this many (also bounds the SQL variables of one query)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
@@ -180,15 +182,19 @@ class SqliteStore(Store):
     async def settle(
         self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
     ) -> bool:
-        """Group commit: settlements arriving in the same loop iteration share one SQLite
-        transaction, so a burst pays one commit, not one each; each still returns only
-        once its transaction has committed."""
+        """Group commit: settlements arriving within `GROUP_COMMIT_S` share one SQLite
+        transaction and one statement per table, so a burst pays one commit, not one each;
+        each still returns only once its transaction has committed. Settlements run after the
+        response is sent, so the wait is never a client's."""
         if self._db is None:
             raise StoreError("embedded store is not open")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         self._pending.append((reservation, cost_nusd, tokens, record, future))
         if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_settlements)
+            loop.call_later(GROUP_COMMIT_S, self._flush_settlements)
+        elif len(self._pending) >= GROUP_COMMIT_MAX:
+            self._flush_settlements()
         return await future
 
     def _flush_settlements(self) -> None:
@@ -198,7 +204,7 @@ class SqliteStore(Store):
         try:
             db = self.db
             db.execute("BEGIN")
-            applied = [self._write_settlement(db, *item[:4]) for item in batch]
+            applied = self._write_batch(db, batch)
             db.execute("COMMIT")
         except (sqlite3.Error, StoreError) as exc:
             if self._db is not None and self._db.in_transaction:
@@ -213,31 +219,46 @@ class SqliteStore(Store):
             if not future.done():
                 future.set_result(done)
 
-    @staticmethod
-    def _write_settlement(
-        db: sqlite3.Connection, reservation: Reservation, cost_nusd: int, tokens: int,
-        record: UsageRecord | None,
-    ) -> bool:
-        """Write one settlement inside the open transaction; False if already applied."""
-        if record is None:
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
-                (reservation.reservation_id,),
-            ).rowcount
-        else:
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                _usage_row(record),
-            ).rowcount
-        if not inserted:
-            return False
-        db.executemany(
-            "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
-            "spent_tokens = spent_tokens + excluded.spent_tokens",
-            [(key, cost_nusd, tokens) for key in reservation.keys],
-        )
-        return True
+    def _write_batch(
+        self, db: sqlite3.Connection,
+        batch: list[tuple[Reservation, int, int, UsageRecord | None, asyncio.Future[bool]]],
+    ) -> list[bool]:
+        """Write a batch inside the open transaction: which of its settlements were new."""
+        ids = [rec.record_id for _, _, _, rec, _ in batch if rec is not None]
+        seen: set[str] = set()
+        if ids:
+            marks = ",".join("?" * len(ids))
+            seen = {row[0] for row in db.execute(
+                f"SELECT record_id FROM usage_records WHERE record_id IN ({marks})", ids)}
+        applied: list[bool] = []
+        rows: list[tuple[object, ...]] = []
+        deltas: dict[str, list[int]] = {}
+        for reservation, cost_nusd, tokens, record, _ in batch:
+            if record is None:  # a settlement without a record (allocations): rare, one by one
+                new = bool(db.execute(
+                    "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
+                    (reservation.reservation_id,)).rowcount)
+            else:
+                new = record.record_id not in seen
+                if new:
+                    seen.add(record.record_id)
+                    rows.append(_usage_row(record))
+            applied.append(new)
+            if new:
+                for key in reservation.keys:
+                    delta = deltas.setdefault(key, [0, 0])
+                    delta[0] += cost_nusd
+                    delta[1] += tokens
+        if rows:
+            db.executemany("INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if deltas:
+            db.executemany(
+                "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
+                "spent_tokens = spent_tokens + excluded.spent_tokens",
+                [(key, d[0], d[1]) for key, d in deltas.items()],
+            )
+        return applied
 
     def _apply_settlement(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:
         held = self._reservations.pop(reservation.reservation_id, None)
