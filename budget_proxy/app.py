@@ -7,7 +7,6 @@ background loops), so cleanup runs if and only if its startup did.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from budget_proxy.appkeys import (
 from budget_proxy.config import Settings
 from budget_proxy.events import EventBus
 from budget_proxy.hermes import hermes_ctx
+from budget_proxy.loops import every, stop
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.policy_files import load_at_startup
@@ -122,50 +122,32 @@ async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[KEYS].refresh(force=True)
     app[PROXY].identify_key = app[KEYS].identify
 
-    async def sweeper() -> None:
-        while True:
-            await asyncio.sleep(settings.reaper_interval_s)
-            try:
-                await app[ALLOCATIONS].sweep()
-            except StoreError as exc:
-                log.warning("allocation sweep: %s", exc)
-            except Exception:  # a bug must not stop expiry for good
-                log.exception("allocation sweep failed")
-
-    tasks = [asyncio.create_task(sweeper(), name="allocation-sweeper"),
-             asyncio.create_task(app[KEYS].poll(POLICY_POLL_INTERVAL_S), name="key-poll")]
+    tasks = [
+        asyncio.create_task(every(settings.reaper_interval_s, app[ALLOCATIONS].sweep,
+                                  "allocation sweep"), name="allocation-sweeper"),
+        asyncio.create_task(every(POLICY_POLL_INTERVAL_S, app[KEYS].refresh,
+                                  "virtual key refresh"), name="key-poll"),
+    ]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await stop(tasks)
 
 
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[STORE]
 
-    async def reaper() -> None:
-        while True:
-            await asyncio.sleep(settings.reaper_interval_s)
-            try:
-                released = await store.reap_expired()
-                if released:
-                    log.warning("released %d expired reservations", released)
-            except StoreError as exc:
-                log.warning("reaper: %s", exc)
+    async def reap() -> None:
+        released = await store.reap_expired()
+        if released:
+            log.warning("released %d expired reservations", released)
 
     tasks = [
-        asyncio.create_task(reaper(), name="reaper"),
-        asyncio.create_task(app[POLICIES].poll(POLICY_POLL_INTERVAL_S), name="policy-poll"),
+        asyncio.create_task(every(settings.reaper_interval_s, reap, "reaper"), name="reaper"),
+        asyncio.create_task(every(POLICY_POLL_INTERVAL_S, app[POLICIES].refresh,
+                                  "policy refresh"), name="policy-poll"),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await stop(tasks)
 
 
 async def _observe_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -177,9 +159,7 @@ async def _observe_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[ALERTS].start()
     lag = asyncio.create_task(app[METRICS].watch_loop_lag(), name="loop-lag")
     yield
-    lag.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await lag
+    await stop([lag])
     await app[ALERTS].stop()
 
 

@@ -38,6 +38,7 @@ from aiohttp import web
 from budget_proxy.appkeys import ALERTS, CATALOG, EVENTS, PROXY, SETTINGS, STORE
 from budget_proxy.config import ConfigError, Settings
 from budget_proxy.events import EventBus
+from budget_proxy.loops import every, stop
 from budget_proxy.models import new_id
 from budget_proxy.price_sources import (
     QUOTE_FIELDS,
@@ -361,19 +362,6 @@ def unknown_price_hook(book: PriceBook, alerts: Alerts | None) -> Callable[[str,
     return hook
 
 
-async def poll_prices(book: PriceBook, interval_s: float = PRICE_POLL_INTERVAL_S) -> None:
-    """Background loop: picks up versions written by other replicas (and future-dated ones
-    coming into force) even when a change notice is missed."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await book.refresh()
-        except StoreError as exc:
-            log.warning("price refresh failed: %s", exc)
-        except Exception:  # the loop must outlive any one bad refresh
-            log.exception("price refresh failed")
-
-
 async def claim_update_slot(store: Store, interval_s: float) -> bool:
     """True for the first replica to ask in the current interval, False for every other."""
     slot = int(store.now().timestamp() // interval_s)
@@ -415,13 +403,12 @@ async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
     book.attach(app[STORE], app[EVENTS])
     book.on_unknown = unknown_price_hook(book, app.get(ALERTS))
     await book.refresh(force=True)
-    tasks = [asyncio.create_task(poll_prices(book), name="price-poll")]
+    # picks up versions written by other replicas (and future-dated ones coming into force)
+    # even when a change notice is missed
+    tasks = [asyncio.create_task(every(PRICE_POLL_INTERVAL_S, book.refresh, "price refresh"),
+                                 name="price-poll")]
     if settings.price_update_interval > 0:
         tasks.append(asyncio.create_task(
             scheduled_updates(app, settings.price_update_interval), name="price-schedule"))
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await stop(tasks)

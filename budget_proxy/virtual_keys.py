@@ -16,7 +16,6 @@ so the component never sees a provider key. Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -26,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from budget_proxy.models import new_id, utcnow
+from budget_proxy.policy_cache import ConfigCache
 from budget_proxy.schemas import assume_utc
-from budget_proxy.store.base import Store, StoreError
+from budget_proxy.store.base import Store
 
 if TYPE_CHECKING:
     from budget_proxy.proxy import Attribution
@@ -99,35 +99,19 @@ class KeyCreated(BaseModel):
     note: str = "Store the secret now: it is not shown again."
 
 
-class KeyRing:
+class KeyRing(ConfigCache):
     """The keys, in memory by hash, reloaded when the store's config version moves."""
 
     def __init__(self, store: Store) -> None:
         from budget_proxy.proxy import Attribution  # the proxy's type; imported late (clients)
 
-        self.store = store
+        super().__init__(store)
         self._attribution = Attribution
         self.by_hash: dict[str, StoredKey] = {}
-        self.version = -1
-        self._lock = asyncio.Lock()
 
-    async def refresh(self, force: bool = False) -> bool:
-        async with self._lock:
-            version = await self.store.config_version()
-            if version == self.version and not force:
-                return False
-            keys = [StoredKey.model_validate_json(b) for b in await self.store.list_docs(KEY_KIND)]
-            self.by_hash = {k.key_hash: k for k in keys}
-            self.version = version
-            return True
-
-    async def poll(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.refresh()
-            except StoreError as exc:
-                log.warning("virtual key refresh failed: %s", exc)
+    async def _load(self) -> None:
+        keys = [StoredKey.model_validate_json(b) for b in await self.store.list_docs(KEY_KIND)]
+        self.by_hash = {k.key_hash: k for k in keys}
 
     def lookup(self, secret: str) -> StoredKey | None:
         """The usable key with this secret, or None (unknown, revoked, expired)."""
