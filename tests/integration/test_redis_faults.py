@@ -125,8 +125,10 @@ async def test_redis_killed_and_restarted_under_load(
     if fail_mode == "closed":
         assert set(statuses) == {200, 503}
         refused = [o for o in outcomes if o.status == 503]
-        for o in refused:  # fast, in OpenAI's error format, never forwarded
-            assert o.elapsed_s < 1.0
+        # fast (connect timeout 0.5 s, one retry; the bound leaves room for a loaded machine,
+        # against the 30-600 s an unbounded client would hang), in OpenAI's format, never sent
+        for o in refused:
+            assert o.elapsed_s < 2.0
             assert o.body["error"]["code"] == "budget_store_unavailable"
             assert o.body["error"]["message"]
         assert not {o.marker for o in refused} & {
