@@ -350,10 +350,15 @@ class Anomaly(BaseModel):
     ratio: float
 
 
-class Analysis(BaseModel):
+class AssistantAnswer(BaseModel):
+    """What every assistant answer says of itself: computed by rules, no language model."""
+
     engine: Literal["deterministic"] = "deterministic"
     llm_used: Literal[False] = False
     note: str = NO_LLM_NOTE
+
+
+class Analysis(AssistantAnswer):
     period: CalendarPeriod
     since: datetime
     until: datetime
@@ -379,10 +384,7 @@ class Recommendation(BaseModel):
     component: str | None = None
 
 
-class Optimization(BaseModel):
-    engine: Literal["deterministic"] = "deterministic"
-    llm_used: Literal[False] = False
-    note: str = NO_LLM_NOTE
+class Optimization(AssistantAnswer):
     period: CalendarPeriod
     since: datetime
     until: datetime
@@ -418,10 +420,7 @@ class ModelOption(BaseModel):
     reason: str
 
 
-class ModelRecommendation(BaseModel):
-    engine: Literal["deterministic"] = "deterministic"
-    llm_used: Literal[False] = False
-    note: str = NO_LLM_NOTE
+class ModelRecommendation(AssistantAnswer):
     task_type: str
     complexity: Literal["simple", "standard", "complex"]
     recommendations: list[ModelOption]
