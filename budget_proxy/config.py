@@ -102,6 +102,18 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(10.0, description="Upstream connect timeout.")
     reaper_interval_s: float = Field(5.0, description="How often expired reservations are swept.")
     policies_dir: Path | None = Field(None, description="Directory of policy TOML files.")
+    unmetered: Literal["refuse", "allow"] = Field(
+        "refuse", description="A POST under a provider prefix that is neither metered nor on "
+        "the free allowlist: `refuse` (403 unmetered_route) or `allow` (forwarded, logged, "
+        "counted in budget_proxy_unmetered_requests_total).",
+    )
+    require_key: bool = Field(
+        False, description="Proxy routes require a `bp-` virtual key (401 otherwise).")
+    allow_open_admin: bool = Field(
+        False, description="Allow a non-loopback bind without BUDGET_ADMIN_TOKEN.")
+    header_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="A client must send its request line and headers within this time.")
     unknown_price: Literal["refuse", "ceiling", "alert"] = Field(
         "ceiling", description="Rule for a model missing from the price catalog."
     )

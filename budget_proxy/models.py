@@ -16,6 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NUSD_PER_USD = 1_000_000_000
+# Bounds of every amount that enters from outside (admin API, policy files, provider answers).
+# A USD amount up to MAX_USD is at most 1e18 nano-USD: inside a signed 64-bit integer (SQLite,
+# Redis HINCRBY) with room to add many of them. Token amounts stay exact in Lua's doubles.
+MAX_USD = 1_000_000_000  # any limit, cost or price total in USD
+MAX_TOKENS = 10**15  # any token limit or allocation
+MAX_CALL_TOKENS = 100_000_000  # one call's token figure; a provider reporting more is absurd
 DEFAULT_BUDGET_ID = "default"
 
 
