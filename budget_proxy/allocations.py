@@ -53,7 +53,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from budget_proxy.enforcement import CounterLine, RequestScope, Totals, counter_lines
 from budget_proxy.events import EventBus
-from budget_proxy.models import BudgetPolicy, Tier, new_id, nusd_to_usd, utcnow
+from budget_proxy.models import (
+    BudgetPolicy,
+    PositiveSeconds,
+    PositiveTokens,
+    Tier,
+    Timestamp,
+    new_id,
+    nusd_to_usd,
+    utcnow,
+)
 from budget_proxy.pricing import PriceCatalog
 from budget_proxy.schemas import assume_utc
 from budget_proxy.store.base import Reservation, Store
@@ -90,7 +99,7 @@ class AllocationRequest(BaseModel):
 
     context_id: str = Field(min_length=1, description="The context whose requests draw on it.")
     component: str = Field(min_length=1)
-    tokens_allocated: int = Field(gt=0, description="Tokens held for the context.")
+    tokens_allocated: PositiveTokens = Field(description="Tokens held for the context.")
     tier: Tier | None = None
     provider: str | None = None
     model: str | None = None
@@ -99,8 +108,8 @@ class AllocationRequest(BaseModel):
     budget_id: str | None = Field(
         None, description="Hold only on this budget's policies (default: every budget's)."
     )
-    expiration_time: datetime | None = None
-    ttl_s: float | None = Field(None, gt=0, description="Expire this many seconds from now.")
+    expiration_time: Timestamp | None = None
+    ttl_s: PositiveSeconds | None = Field(None, description="Expire this many seconds from now.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _utc = field_validator("expiration_time")(assume_utc)

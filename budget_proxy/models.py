@@ -8,12 +8,24 @@ up to $9M per counter.
 from __future__ import annotations
 
 import itertools
+import math
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 NUSD_PER_USD = 1_000_000_000
 # Bounds of every amount that enters from outside (admin API, policy files, provider answers).
@@ -22,7 +34,75 @@ NUSD_PER_USD = 1_000_000_000
 MAX_USD = 1_000_000_000  # any limit, cost or price total in USD
 MAX_TOKENS = 10**15  # any token limit or allocation
 MAX_CALL_TOKENS = 100_000_000  # one call's token figure; a provider reporting more is absurd
+MAX_TTL_S = 10 * 366 * 86_400  # any duration in seconds (ten years): datetimes stay in range
+MAX_COUNT = 10**9  # any count of items: paging offsets, priorities, request counts
+MAX_DAYS = 3660  # any look-back in days
+MAX_RATE = 10**6  # any per-day frequency
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)  # any timestamp given from outside
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 DEFAULT_BUDGET_ID = "default"
+# Validation context of everything that enters from outside (admin API bodies and queries,
+# policy files): out-of-bounds values are refused. Without it (documents read back from the
+# store, written before the bounds existed), they are clamped into the bounds instead.
+INPUT: dict[str, Any] = {"input": True}
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """Inclusive bounds of a number (or a timestamp) that comes from outside, as an
+    `Annotated` marker. Input validated with `context=INPUT` outside `[low, high]`, or NaN or
+    infinite, is a validation error naming the field; anything else is clamped, so a stored
+    document from before the bounds still loads and can never overflow the arithmetic."""
+
+    low: Any
+    high: Any
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        if isinstance(self.low, int | float):
+            out.update(minimum=self.low, maximum=self.high)
+        return out
+
+    def _check(self, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # naive times from outside are UTC
+        nan = isinstance(value, float) and math.isnan(value)
+        if not nan and self.low <= value <= self.high:
+            return value
+        if info.context and info.context.get("input"):
+            if nan or (isinstance(value, float) and math.isinf(value)):
+                raise PydanticCustomError("finite_number", "Input should be a finite number")
+            if value < self.low:
+                raise PydanticCustomError(
+                    "greater_than_equal", "Input should be greater than or equal to {low}",
+                    {"low": str(self.low)})
+            raise PydanticCustomError(
+                "less_than_equal", "Input should be less than or equal to {high}",
+                {"high": str(self.high)})
+        clamped = self.low if nan else min(max(value, self.low), self.high)
+        return type(value)(clamped) if isinstance(value, int | float) else clamped
+
+
+# The bounded types of every amount the admin API, policy files and stored documents carry.
+Usd = Annotated[float, Bound(0, MAX_USD)]
+Tokens = Annotated[int, Bound(0, MAX_TOKENS)]
+CallTokens = Annotated[int, Bound(0, MAX_CALL_TOKENS)]
+Seconds = Annotated[float, Bound(0, MAX_TTL_S)]
+Count = Annotated[int, Bound(0, MAX_COUNT)]
+Days = Annotated[int, Bound(1, MAX_DAYS)]
+Ratio = Annotated[float, Bound(0, 1)]
+Timestamp = Annotated[datetime, Bound(MIN_TIME, MAX_TIME)]
+PositiveTokens = Annotated[int, Field(gt=0), Bound(0, MAX_TOKENS)]
+PositiveSeconds = Annotated[float, Field(gt=0), Bound(0, MAX_TTL_S)]
 
 
 def usd_to_nusd(usd: float | None) -> int | None:
@@ -79,8 +159,8 @@ class Budget(_Entity):
     description: str = ""
     owner: str | None = None
     is_active: bool = True
-    creation_time: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    creation_time: Timestamp = Field(default_factory=utcnow)
+    updated_at: Timestamp = Field(default_factory=utcnow)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -99,17 +179,17 @@ class BudgetPolicy(_Entity):
     task_type: str | None = None
     session: str | None = None
     task: str | None = None
-    token_limit: int | None = Field(None, ge=0)
-    cost_limit: float | None = Field(None, ge=0)
-    warning_threshold: float = Field(0.8, ge=0, le=1)
-    action_threshold: float = Field(0.95, ge=0, le=1)
+    token_limit: Tokens | None = None
+    cost_limit: Usd | None = None
+    warning_threshold: Ratio = 0.8
+    action_threshold: Ratio = 0.95
     fallback_model: str | None = Field(
         None, description="soft_limit: the cheaper model requests move to past action_threshold."
     )
     enabled: bool = True
     source: str | None = Field(None, description="Policy file this policy was loaded from.")
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: Timestamp = Field(default_factory=utcnow)
+    updated_at: Timestamp = Field(default_factory=utcnow)
 
     @model_validator(mode="after")
     def _needs_a_limit(self) -> BudgetPolicy:
@@ -137,19 +217,19 @@ class UsageRecord(_Entity):
     model: str
     requested_model: str | None = None
     route: str | None = None
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
-    input_cost: float = 0.0
-    output_cost: float = 0.0
-    total_cost: float = 0.0
+    input_tokens: Tokens = 0
+    cached_input_tokens: Tokens = 0
+    cache_write_tokens: Tokens = 0
+    output_tokens: Tokens = 0
+    reasoning_tokens: Tokens = 0
+    total_tokens: Tokens = 0
+    input_cost: Usd = 0.0
+    output_cost: Usd = 0.0
+    total_cost: Usd = 0.0
     pricing_id: str | None = None
     status: str = "ok"
     streamed: bool = False
-    timestamp: datetime = Field(default_factory=utcnow)
+    timestamp: Timestamp = Field(default_factory=utcnow)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

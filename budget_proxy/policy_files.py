@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from budget_proxy.models import Budget, BudgetPolicy, utcnow
+from budget_proxy.models import INPUT, Budget, BudgetPolicy, utcnow
 from budget_proxy.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,10 @@ def load_file(path: Path, source: str | None = None) -> PolicySet:
             try:
                 if kind == "policy":
                     out.policies.append(BudgetPolicy.model_validate(
-                        {**body, "policy_id": item_id, "source": source}))
+                        {**body, "policy_id": item_id, "source": source}, context=INPUT))
                 else:
-                    out.budgets.append(Budget.model_validate({**body, "budget_id": item_id}))
+                    out.budgets.append(Budget.model_validate({**body, "budget_id": item_id},
+                                                             context=INPUT))
             except ValidationError as exc:
                 raise PolicyFileError(_error_text(path, prefix, exc)) from exc
     return out

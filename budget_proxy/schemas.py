@@ -8,11 +8,24 @@ Alert) live in `budget_proxy.models`; allocations and virtual keys beside their 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from budget_proxy.models import AlertSeverity, Budget, UsageRecord
+from budget_proxy.models import (
+    MAX_RATE,
+    AlertSeverity,
+    Bound,
+    Budget,
+    CallTokens,
+    Count,
+    Days,
+    Timestamp,
+    UsageRecord,
+    Usd,
+)
+
+PerDay = Annotated[float, Bound(0, MAX_RATE)]
 
 CalendarPeriod = Literal["hourly", "daily", "weekly", "monthly"]
 GroupField = Literal["provider", "model", "component"]
@@ -49,10 +62,10 @@ class UsageRecordsQuery(_Body):
     model: str | None = None
     context_id: str | None = None
     session_id: str | None = None
-    since: datetime | None = Field(None, description="ISO 8601; naive times are UTC.")
-    until: datetime | None = Field(None, description="ISO 8601, exclusive.")
+    since: Timestamp | None = Field(None, description="ISO 8601; naive times are UTC.")
+    until: Timestamp | None = Field(None, description="ISO 8601, exclusive.")
     limit: int = Field(100, ge=1, le=10_000)
-    offset: int = Field(0, ge=0)
+    offset: Count = 0
 
     _utc = field_validator("since", "until")(assume_utc)
 
@@ -61,9 +74,8 @@ class UsageSummaryQuery(_Body):
     """Query of `GET /api/usage`: a period's usage, per window and grouped."""
 
     period: CalendarPeriod = "daily"
-    days: int | None = Field(
-        None, ge=1, le=3660,
-        description="Cover the windows of the last DAYS days (default: the current window).",
+    days: Days | None = Field(
+        None, description="Cover the windows of the last DAYS days (default: the current window).",
     )
     provider: str | None = None
     component: str | None = None
@@ -116,8 +128,8 @@ class UsageCheckRequest(_Body):
     model: str = Field(min_length=1)
     component: str | None = Field(None, description="Default: the proxy's BUDGET_COMPONENT.")
     input_text: str | None = Field(None, description="Counted with the model's tokenizer.")
-    input_tokens: int | None = Field(None, ge=0, description="Instead of input_text.")
-    max_output_tokens: int | None = Field(None, ge=0, description="Default: the catalog's.")
+    input_tokens: CallTokens | None = Field(None, description="Instead of input_text.")
+    max_output_tokens: CallTokens | None = Field(None, description="Default: the catalog's.")
     task_type: str | None = None
     session: str | None = None
     task: str | None = None
@@ -165,21 +177,21 @@ class UsageRecordRequest(_Body):
     provider: str = Field(min_length=1)
     model: str = Field(min_length=1)
     component: str | None = None
-    input_tokens: int | None = Field(None, ge=0, description="Default: counted from input_text.")
-    output_tokens: int | None = Field(None, ge=0, description="Default: from output_text.")
-    cached_input_tokens: int = Field(0, ge=0)
-    cache_write_tokens: int = Field(0, ge=0)
-    reasoning_tokens: int = Field(0, ge=0)
+    input_tokens: CallTokens | None = Field(None, description="Default: counted from input_text.")
+    output_tokens: CallTokens | None = Field(None, description="Default: from output_text.")
+    cached_input_tokens: CallTokens = 0
+    cache_write_tokens: CallTokens = 0
+    reasoning_tokens: CallTokens = 0
     input_text: str | None = None
     output_text: str | None = None
-    input_cost: float | None = Field(None, ge=0, description="USD; default: from the catalog.")
-    output_cost: float | None = Field(None, ge=0)
+    input_cost: Usd | None = Field(None, description="USD; default: from the catalog.")
+    output_cost: Usd | None = None
     context_id: str | None = None
     allocation_id: str | None = None
     session_id: str | None = None
     task_id: str | None = None
     task_type: str | None = None
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _utc = field_validator("timestamp")(assume_utc)
@@ -198,7 +210,7 @@ class RecordedUsage(BaseModel):
 # reports ------------------------------------------------------------------------------------
 class ReportQuery(_Body):
     period: CalendarPeriod = "daily"
-    days: int | None = Field(None, ge=1, le=3660)
+    days: Days | None = None
     provider: str | None = None
     component: str | None = None
     model: str | None = None
@@ -298,7 +310,7 @@ class AlertQuery(_Body):
     type: str | None = None
     policy_id: str | None = None
     limit: int = Field(100, ge=1, le=10_000)
-    offset: int = Field(0, ge=0)
+    offset: Count = 0
 
 
 class AlertAck(_Body):
@@ -318,7 +330,7 @@ class Deleted(BaseModel):
 # assistant ----------------------------------------------------------------------------------
 class AnalyzeRequest(_Body):
     period: CalendarPeriod = "daily"
-    days: int = Field(30, ge=1, le=3660)
+    days: Days = 30
     provider: str | None = None
     component: str | None = None
 
@@ -396,11 +408,11 @@ class Optimization(AssistantAnswer):
 class RecommendModelRequest(_Body):
     task_description: str = ""
     task_type: str | None = Field(None, description="Default: inferred from the description.")
-    input_length: int = Field(1000, ge=0, description="Input tokens per request.")
-    output_length: int = Field(500, ge=0, description="Output tokens per request.")
-    usage_frequency: float = Field(1.0, ge=0, description="Requests per day.")
-    budget_limit: float | None = Field(None, ge=0, description="USD per day at that frequency.")
-    max_cost: float | None = Field(None, ge=0, description="USD per request.")
+    input_length: CallTokens = Field(1000, description="Input tokens per request.")
+    output_length: CallTokens = Field(500, description="Output tokens per request.")
+    usage_frequency: PerDay = Field(1.0, description="Requests per day.")
+    budget_limit: Usd | None = Field(None, description="USD per day at that frequency.")
+    max_cost: Usd | None = Field(None, description="USD per request.")
     priority_areas: str | list[str] | None = None
     provider: str | None = None
     limit: int = Field(5, ge=1, le=50)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from budget_proxy.models import new_id, utcnow
+from budget_proxy.models import Timestamp, new_id, utcnow
 from budget_proxy.policy_cache import ConfigCache
 from budget_proxy.schemas import assume_utc
 from budget_proxy.store.base import Store
@@ -56,7 +56,7 @@ class KeyCreateRequest(BaseModel):
     component: str = Field(min_length=1, description="Component the key's requests are charged to.")
     budget_id: str | None = Field(None, description="Budget the key belongs to (reported).")
     name: str | None = None
-    expires_at: datetime | None = Field(None, description="Naive times are UTC.")
+    expires_at: Timestamp | None = Field(None, description="Naive times are UTC.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     _utc = field_validator("expires_at")(assume_utc)

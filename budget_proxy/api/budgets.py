@@ -18,7 +18,7 @@ from budget_proxy.api.common import (
 from budget_proxy.api.openapi import api_route
 from budget_proxy.api.policies import policy_status_rows
 from budget_proxy.appkeys import POLICIES, STORE
-from budget_proxy.models import DEFAULT_BUDGET_ID, Budget, utcnow
+from budget_proxy.models import DEFAULT_BUDGET_ID, INPUT, Budget, utcnow
 from budget_proxy.schemas import BudgetDeleteQuery, BudgetDetail, BudgetUpdate, Deleted
 from budget_proxy.store.base import Store
 
@@ -89,7 +89,7 @@ async def patch_budget(request: web.Request) -> web.Response:
     try:
         budget = Budget.model_validate({**budget.model_dump(),
                                         **change.model_dump(exclude_unset=True),
-                                        "updated_at": utcnow()})
+                                        "updated_at": utcnow()}, context=INPUT)
     except ValidationError as exc:
         return validation_error(exc)
     await store.put_budget(budget)

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from budget_proxy.appkeys import SETTINGS
+from budget_proxy.models import INPUT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -105,7 +106,7 @@ async def read_model(
     if not isinstance(data, dict):
         return api_error(400, "invalid_json", "body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=INPUT)
     except ValidationError as exc:
         return validation_error(exc)
 
@@ -113,6 +114,6 @@ async def read_model(
 def read_query(request: web.Request, model: type[M]) -> M | web.Response:
     """Validate the query string with `model`, or the 422 response naming the field."""
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(dict(request.query), context=INPUT)
     except ValidationError as exc:
         return validation_error(exc)

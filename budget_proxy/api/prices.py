@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from budget_proxy.api.common import api_error, json_response, read_model, read_query
 from budget_proxy.api.openapi import api_route
 from budget_proxy.appkeys import SETTINGS
+from budget_proxy.models import MAX_CALL_TOKENS, Bound, CallTokens, Timestamp
 from budget_proxy.price_sources import from_per_mtok, from_per_token
 from budget_proxy.price_update import book_of, updater_for
 from budget_proxy.pricing import (
@@ -71,6 +72,10 @@ class PriceView(BaseModel):
 
 
 PriceValue = Decimal | int | float | str
+# A rate above this many USD per million tokens is a typo or an attack, not a price: with it,
+# a call of MAX_CALL_TOKENS tokens still costs less than MAX_USD.
+MAX_USD_PER_MTOK = Decimal(1_000_000)
+TokenCount = Annotated[int, Bound(1, MAX_CALL_TOKENS)]
 
 
 class SetPriceRequest(BaseModel):
@@ -93,11 +98,11 @@ class SetPriceRequest(BaseModel):
     cache_read_cost_per_token: PriceValue | None = None
     cache_write_cost_per_token: PriceValue | None = None
     reasoning_cost_per_token: PriceValue | None = None
-    context_window_tokens: int | None = Field(None, gt=0)
-    max_output_tokens: int | None = Field(None, gt=0)
+    context_window_tokens: TokenCount | None = None
+    max_output_tokens: TokenCount | None = None
     tier: Tier | None = None
     mode: Literal["chat", "completion", "embedding", "responses"] | None = None
-    effective_date: datetime | None = Field(
+    effective_date: Timestamp | None = Field(
         None, description="When the price takes effect (default now; may be in the future).")
     source: str = Field("manual", min_length=1)
     verified: bool = True
@@ -111,9 +116,14 @@ class SetPriceRequest(BaseModel):
                 raise ValueError(f"give {name} or {per_token}, not both")
             for field in (name, per_token):
                 value = getattr(self, field)
-                if field in self.model_fields_set and value is not None and self._rate(
-                        field, value) is None:
+                if field not in self.model_fields_set or value is None:
+                    continue
+                rate = self._rate(field, value)
+                if rate is None:
                     raise ValueError(f"{field}: not a non-negative number")
+                if rate > MAX_USD_PER_MTOK:
+                    raise ValueError(f"{field}: more than {MAX_USD_PER_MTOK} USD per million "
+                                     "tokens")
         for name in ("input_usd_per_mtok", "output_usd_per_mtok"):
             per_token = name.replace("_usd_per_mtok", "_cost_per_token")
             if (getattr(self, name) is None and name in self.model_fields_set) or (
@@ -151,12 +161,12 @@ class CalculateRequest(BaseModel):
 
     provider: str = Field("", description="Provider (optional: resolved from the model).")
     model: str = Field(min_length=1)
-    input_tokens: int = Field(0, ge=0)
-    output_tokens: int = Field(0, ge=0)
-    cached_tokens: int = Field(0, ge=0, description="Part of input_tokens read from cache.")
-    cache_write_tokens: int = Field(0, ge=0, description="Part of input_tokens written to "
-                                    "the cache.")
-    reasoning_tokens: int = Field(0, ge=0, description="Part of output_tokens.")
+    input_tokens: CallTokens = 0
+    output_tokens: CallTokens = 0
+    cached_tokens: CallTokens = Field(0, description="Part of input_tokens read from cache.")
+    cache_write_tokens: CallTokens = Field(0, description="Part of input_tokens written to "
+                                           "the cache.")
+    reasoning_tokens: CallTokens = Field(0, description="Part of output_tokens.")
 
 
 class UpdateQuery(BaseModel):
