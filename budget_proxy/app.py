@@ -18,9 +18,8 @@ from aiohttp import web
 from budget_proxy import tokens, ws
 from budget_proxy.alerts import Alerts
 from budget_proxy.allocations import Allocations
-from budget_proxy.api import all_routes
+from budget_proxy.api import PREFIX, admin_app, root_routes
 from budget_proxy.api.budgets import ensure_default_budget
-from budget_proxy.api.common import Handler, auth_middleware
 from budget_proxy.appkeys import (
     ALERTS,
     ALLOCATIONS,
@@ -163,21 +162,13 @@ async def _observe_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[ALERTS].stop()
 
 
-@web.middleware
-async def _read_your_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Admin reads wait for this replica's settlements in flight (they run after responses)."""
-    if request.path.startswith("/api/") and PROXY in request.app:
-        await request.app[PROXY].settled()
-    return await handler(request)
-
-
 async def _proxy_handler(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[auth_middleware, _read_your_writes],
+        client_max_size=settings.max_body_bytes,
         handler_args={"max_field_size": 65536},
     )
     app[SETTINGS] = settings
@@ -195,7 +186,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                             _observe_ctx])
     app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
     app.cleanup_ctx.append(hermes_ctx)  # optional service registry (HERMES_URL)
-    app.router.add_routes(all_routes())
+    app.add_subapp(PREFIX, admin_app())  # `/api/...`: its own error, access middlewares
+    app.router.add_routes(root_routes())
     app.router.add_routes(app[METRICS].routes())
     ws.setup(app)
     app.router.add_route("*", "/{provider}/{tail:.*}", _proxy_handler)

@@ -6,7 +6,8 @@ admin API (`--url` / `BUDGET_URL`). Underscore spellings from the seed documents
 Tables by default, `--json` (before or after the command) for scripts.
 
 Exit codes: 0 success; 1 the proxy refused or failed the request (conflict, not found, ...);
-2 bad arguments (ours or the proxy's validation); 3 proxy unreachable; 4 bad or missing token.
+2 bad arguments (ours or the proxy's validation); 3 proxy unreachable; 4 bad or missing token;
+5 the proxy is up but its budget store is unavailable (retry later).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ EXIT_API = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_AUTH = 4
+EXIT_STORE_DOWN = 5
 
 STATUS_COLUMNS = ["policy_id", "name", "type", "period", "scope", "limit", "spent", "reserved",
                   "remaining", "utilisation"]
@@ -121,6 +123,11 @@ def _error_of(resp: httpx.Response) -> CliError:
         return CliError(f"{status}: {message}{hint}", EXIT_AUTH)
     if status in (400, 422):
         return CliError(f"{status}: {message}", EXIT_USAGE)
+    if status == 503:
+        retry = resp.headers.get("Retry-After")
+        return CliError(f"budget store unavailable: the proxy at {resp.url.host} is up but "
+                        "cannot reach its store" + (f"; retry in {retry} s" if retry else ""),
+                        EXIT_STORE_DOWN)
     return CliError(f"{status}: {message}", EXIT_API)
 
 

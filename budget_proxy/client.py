@@ -81,9 +81,14 @@ class BudgetConflictError(BudgetError):
     """409: e.g. an allocation the budgets cannot cover, a budget id already taken."""
 
 
+class BudgetStoreUnavailableError(BudgetError):
+    """503: the proxy is up but its budget store is not; retry after a while."""
+
+
 _BY_STATUS: dict[int, type[BudgetError]] = {
     400: BudgetValidationError, 401: BudgetAuthError, 403: BudgetAuthError,
     404: BudgetNotFoundError, 409: BudgetConflictError, 422: BudgetValidationError,
+    503: BudgetStoreUnavailableError,
 }
 
 
@@ -133,6 +138,8 @@ def _raise_for(resp: httpx.Response) -> None:
     except (ValueError, AttributeError):
         err = {}
     message = err.get("message") or resp.text or f"HTTP {resp.status_code}"
+    if resp.status_code == 503:
+        message = "budget store unavailable: " + message
     cls = _BY_STATUS.get(resp.status_code, BudgetError)
     raise cls(f"{resp.status_code}: {message}", resp.status_code, err.get("type"),
               err.get("details"))
@@ -466,5 +473,6 @@ class AsyncBudgetClient(_Base):
 
 __all__ = [
     "AsyncBudgetClient", "BudgetAuthError", "BudgetClient", "BudgetConflictError",
-    "BudgetConnectionError", "BudgetError", "BudgetNotFoundError", "BudgetValidationError",
+    "BudgetConnectionError", "BudgetError", "BudgetNotFoundError", "BudgetStoreUnavailableError",
+    "BudgetValidationError",
 ]

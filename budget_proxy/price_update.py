@@ -327,14 +327,14 @@ def _text(value: Decimal | None) -> str | None:
 
 
 # wiring into the application --------------------------------------------------------------
-def book_of(app: web.Application) -> PriceBook:
+def book_of(app: web.Application | aiohttp.ChainMapProxy) -> PriceBook:
     book = app[CATALOG]
     if not isinstance(book, PriceBook):
         raise TypeError("the application's catalog is not a PriceBook")
     return book
 
 
-def updater_for(app: web.Application) -> PriceUpdater:
+def updater_for(app: web.Application | aiohttp.ChainMapProxy) -> PriceUpdater:
     settings: Settings = app[SETTINGS]
     proxy = app.get(PROXY)
     return PriceUpdater(

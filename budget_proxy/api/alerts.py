@@ -18,7 +18,8 @@ async def list_alerts(request: web.Request) -> web.Response:
     q = read_query(request, AlertQuery)
     if isinstance(q, web.Response):
         return q
-    alerts = [Alert.model_validate_json(b) for b in await request.app[STORE].list_docs(ALERT_KIND)]
+    store = request.config_dict[STORE]
+    alerts = [Alert.model_validate_json(b) for b in await store.list_docs(ALERT_KIND)]
     alerts = [a for a in alerts
               if (q.acknowledged is None or a.acknowledged == q.acknowledged)
               and (q.severity is None or a.severity == q.severity)
@@ -31,7 +32,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def get_alert(request: web.Request) -> web.Response:
     """One alert."""
     alert_id = request.match_info["alert_id"]
-    body = await request.app[STORE].get_doc(ALERT_KIND, alert_id)
+    body = await request.config_dict[STORE].get_doc(ALERT_KIND, alert_id)
     if body is None:
         return api_error(404, "not_found", f"no alert {alert_id}")
     return json_response(Alert.model_validate_json(body))
@@ -44,7 +45,7 @@ async def acknowledge_alert(request: web.Request) -> web.Response:
     ack = await read_model(request, AlertAck, optional=True)
     if isinstance(ack, web.Response):
         return ack
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     body = await store.get_doc(ALERT_KIND, alert_id)
     if body is None:
         return api_error(404, "not_found", f"no alert {alert_id}")
@@ -53,7 +54,8 @@ async def acknowledge_alert(request: web.Request) -> web.Response:
         alert = alert.model_copy(update={"acknowledged": True, "acknowledged_at": utcnow(),
                                          "acknowledged_by": ack.acknowledged_by})
         await store.put_doc(ALERT_KIND, alert_id, alert.model_dump_json())
-        request.app[EVENTS].publish("alerts", "alert_acknowledged", alert.model_dump(mode="json"))
+        request.config_dict[EVENTS].publish("alerts", "alert_acknowledged",
+                                            alert.model_dump(mode="json"))
     return json_response(alert)
 
 

@@ -16,7 +16,7 @@ async def list_allocations(request: web.Request) -> web.Response:
     query = read_query(request, AllocationQuery)
     if isinstance(query, web.Response):
         return query
-    allocs = await request.app[ALLOCATIONS].find(
+    allocs = await request.config_dict[ALLOCATIONS].find(
         component=query.component, context_id=query.context_id, active=query.active)
     return json_response(allocs)
 
@@ -28,8 +28,9 @@ async def create_allocation(request: web.Request) -> web.Response:
     req = await read_model(request, AllocationRequest)
     if isinstance(req, web.Response):
         return req
-    await request.app[POLICIES].refresh()
-    result = await request.app[ALLOCATIONS].create(req, request.app[POLICIES].policies)
+    policies = request.config_dict[POLICIES]
+    await policies.refresh()
+    result = await request.config_dict[ALLOCATIONS].create(req, policies.policies)
     if isinstance(result, AllocationRefused):
         return api_error(409, "budget_exceeded", result.message,
                          [{"field": "tokens_allocated", "reason": result.message}])
@@ -39,7 +40,7 @@ async def create_allocation(request: web.Request) -> web.Response:
 async def get_allocation(request: web.Request) -> web.Response:
     """One allocation with live token figures."""
     allocation_id = request.match_info["allocation_id"]
-    alloc = await request.app[ALLOCATIONS].get(allocation_id)
+    alloc = await request.config_dict[ALLOCATIONS].get(allocation_id)
     if alloc is None:
         return api_error(404, "not_found", f"no allocation {allocation_id}")
     return json_response(alloc)
@@ -48,7 +49,7 @@ async def get_allocation(request: web.Request) -> web.Response:
 async def release_allocation(request: web.Request) -> web.Response:
     """End the allocation: no further draws; its unused tokens go back to the budgets."""
     allocation_id = request.match_info["allocation_id"]
-    alloc = await request.app[ALLOCATIONS].release(allocation_id)
+    alloc = await request.config_dict[ALLOCATIONS].release(allocation_id)
     if alloc is None:
         return api_error(404, "not_found", f"no allocation {allocation_id}")
     return json_response(alloc)

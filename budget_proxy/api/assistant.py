@@ -86,8 +86,8 @@ def _usd(value: float) -> str:
 
 async def _records(request: web.Request, req: AnalyzeRequest) -> tuple[
         list[UsageRecord], datetime, datetime, ZoneInfo]:
-    store = request.app[STORE]
-    tz = ZoneInfo(request.app[SETTINGS].timezone)
+    store = request.config_dict[STORE]
+    tz = ZoneInfo(request.config_dict[SETTINGS].timezone)
     since, until = time_range(req.period, req.days, store.now(), tz)
     records = await collect_usage(store, since=since, provider=req.provider,
                                   component=req.component)
@@ -157,8 +157,8 @@ async def analyze(request: web.Request) -> web.Response:
 async def policies_at_risk(request: web.Request, now: datetime, tz: ZoneInfo) -> list[PolicyRisk]:
     """Policies past their warning threshold, or on course to pass their limit by the end of
     the window at the current window's burn rate."""
-    await request.app[POLICIES].refresh()
-    by_id = request.app[POLICIES].by_id
+    await request.config_dict[POLICIES].refresh()
+    by_id = request.config_dict[POLICIES].by_id
     risks = []
     for row in await policy_status_rows(request):
         policy = by_id.get(str(row["policy_id"]))
@@ -252,7 +252,7 @@ async def optimize(request: web.Request) -> web.Response:
     if isinstance(req, web.Response):
         return req
     records, since, until, tz = await _records(request, req)
-    catalog = request.app[CATALOG]
+    catalog = request.config_dict[CATALOG]
     (by_model,) = aggregate(records, req.period, tz, ("provider", "model"))
     recs: list[Recommendation] = []
     cached: dict[tuple[str, str], int] = {}
@@ -309,7 +309,7 @@ async def optimize(request: web.Request) -> web.Response:
 
 
 async def _unbudgeted(request: web.Request, records: list[UsageRecord]) -> list[Recommendation]:
-    policies = [p for p in request.app[POLICIES].policies
+    policies = [p for p in request.config_dict[POLICIES].policies
                 if p.type is not PolicyType.IGNORE and p.period.value not in (
                     "per_session", "per_task")]
     seen: dict[str, UsageRecord] = {}
@@ -361,7 +361,7 @@ async def recommend_model(request: web.Request) -> web.Response:
     target = price_band(complexity, req.priority_areas)
     providers = (req.provider,) if req.provider else RECOMMENDABLE_PROVIDERS
     candidates = [
-        p for p in request.app[CATALOG]
+        p for p in request.config_dict[CATALOG]
         if p.provider in providers and p.mode == "chat" and _plain_name(p.model)
         and (p.max_output_tokens is None or p.max_output_tokens >= req.output_length)
         and (p.context_window_tokens is None

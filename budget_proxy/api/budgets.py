@@ -34,7 +34,7 @@ async def ensure_default_budget(store: Store) -> None:
 
 async def list_budgets(request: web.Request) -> web.Response:
     """Every budget."""
-    return json_response(await request.app[STORE].list_budgets())
+    return json_response(await request.config_dict[STORE].list_budgets())
 
 
 async def create_budget(request: web.Request) -> web.Response:
@@ -42,7 +42,7 @@ async def create_budget(request: web.Request) -> web.Response:
     budget = await read_model(request, Budget)
     if isinstance(budget, web.Response):
         return budget
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     if not await store.add_doc("budget", budget.budget_id, budget.model_dump_json()):
         return api_error(409, "conflict", f"budget {budget.budget_id} already exists")
     return json_response(budget, 201)
@@ -51,10 +51,10 @@ async def create_budget(request: web.Request) -> web.Response:
 async def get_budget(request: web.Request) -> web.Response:
     """A budget with the current window of each of its policies."""
     budget_id = request.match_info["budget_id"]
-    budget = await request.app[STORE].get_budget(budget_id)
+    budget = await request.config_dict[STORE].get_budget(budget_id)
     if budget is None:
         return api_error(404, "not_found", f"no budget {budget_id}")
-    policy_ids = {p.policy_id for p in await request.app[STORE].list_policies()
+    policy_ids = {p.policy_id for p in await request.config_dict[STORE].list_policies()
                   if p.budget_id == budget_id}
     rows = [r for r in await policy_status_rows(request) if r["policy_id"] in policy_ids]
     return json_response(BudgetDetail.model_validate({"budget": budget, "policies": rows}))
@@ -66,7 +66,7 @@ async def put_budget(request: web.Request) -> web.Response:
     budget = await read_model(request, Budget)
     if isinstance(budget, web.Response):
         return budget
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     existing = await store.get_budget(budget_id)
     update = {"budget_id": budget_id, "updated_at": utcnow()}
     if existing is not None:
@@ -82,7 +82,7 @@ async def patch_budget(request: web.Request) -> web.Response:
     change = await read_model(request, BudgetUpdate)
     if isinstance(change, web.Response):
         return change
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     budget = await store.get_budget(budget_id)
     if budget is None:
         return api_error(404, "not_found", f"no budget {budget_id}")
@@ -104,7 +104,7 @@ async def delete_budget(request: web.Request) -> web.Response:
         return query
     if budget_id == DEFAULT_BUDGET_ID:
         return api_error(409, "conflict", "the default budget cannot be deleted")
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     if await store.get_budget(budget_id) is None:
         return api_error(404, "not_found", f"no budget {budget_id}")
     owned = [p for p in await store.list_policies() if p.budget_id == budget_id]
@@ -114,7 +114,7 @@ async def delete_budget(request: web.Request) -> web.Response:
     for policy in owned:
         await store.delete_policy(policy.policy_id)
     await store.delete_budget(budget_id)
-    await request.app[POLICIES].refresh()
+    await request.config_dict[POLICIES].refresh()
     return json_response(Deleted(deleted=budget_id))
 
 

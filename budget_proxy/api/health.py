@@ -15,7 +15,7 @@ from budget_proxy.store.base import StoreError
 
 
 async def _check(request: web.Request) -> tuple[dict[str, str], bool]:
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     try:
         await store.config_version()
         ok = True

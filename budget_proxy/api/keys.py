@@ -18,22 +18,23 @@ async def create_key(request: web.Request) -> web.Response:
     req = await read_model(request, KeyCreateRequest)
     if isinstance(req, web.Response):
         return req
-    if req.budget_id is not None and await request.app[STORE].get_budget(req.budget_id) is None:
+    store = request.config_dict[STORE]
+    if req.budget_id is not None and await store.get_budget(req.budget_id) is None:
         reason = f"no budget {req.budget_id}"
         return api_error(422, "validation_error", f"budget_id: {reason}",
                          [{"field": "budget_id", "reason": reason}])
-    return json_response(await request.app[KEYS].mint(req), 201)
+    return json_response(await request.config_dict[KEYS].mint(req), 201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     """Every key, revoked ones included; never a secret or a hash."""
-    return json_response(await request.app[KEYS].list_keys())
+    return json_response(await request.config_dict[KEYS].list_keys())
 
 
 async def get_key(request: web.Request) -> web.Response:
     """One key (no secret, no hash)."""
     key_id = request.match_info["key_id"]
-    key = await request.app[KEYS].get(key_id)
+    key = await request.config_dict[KEYS].get(key_id)
     if key is None:
         return api_error(404, "not_found", f"no key {key_id}")
     return json_response(key.public())
@@ -42,7 +43,7 @@ async def get_key(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke a key: proxy requests made with it are refused (401) from now on."""
     key_id = request.match_info["key_id"]
-    key = await request.app[KEYS].revoke(key_id)
+    key = await request.config_dict[KEYS].revoke(key_id)
     if key is None:
         return api_error(404, "not_found", f"no key {key_id}")
     return json_response(key)

@@ -252,7 +252,7 @@ def _operation_id(op: Operation) -> str:
 # handlers -------------------------------------------------------------------------------
 async def openapi_json(request: web.Request) -> web.Response:
     """This document."""
-    return web.json_response(build_openapi(request.app))
+    return web.json_response(build_openapi(request.match_info.apps[0]))  # the root app
 
 
 DOCS_HTML = """<!DOCTYPE html>

@@ -14,11 +14,11 @@ from budget_proxy.status import status_keys, window_statuses
 
 
 async def list_policies(request: web.Request) -> web.Response:
-    return json_response(await request.app[STORE].list_policies())
+    return json_response(await request.config_dict[STORE].list_policies())
 
 
 async def get_policy(request: web.Request) -> web.Response:
-    policy = await request.app[STORE].get_policy(request.match_info["policy_id"])
+    policy = await request.config_dict[STORE].get_policy(request.match_info["policy_id"])
     if policy is None:
         return api_error(404, "not_found", f"no policy {request.match_info['policy_id']}")
     return json_response(policy)
@@ -28,18 +28,18 @@ async def create_policy(request: web.Request) -> web.Response:
     policy = await read_model(request, BudgetPolicy)
     if isinstance(policy, web.Response):
         return policy
-    await request.app[STORE].put_policy(policy)
-    await request.app[POLICIES].refresh()
-    request.app[EVENTS].publish("updates", "policy_created", policy.model_dump(mode="json"))
+    await request.config_dict[STORE].put_policy(policy)
+    await request.config_dict[POLICIES].refresh()
+    request.config_dict[EVENTS].publish("updates", "policy_created", policy.model_dump(mode="json"))
     return json_response(policy, 201)
 
 
 async def delete_policy(request: web.Request) -> web.Response:
-    deleted = await request.app[STORE].delete_policy(request.match_info["policy_id"])
-    await request.app[POLICIES].refresh()
+    deleted = await request.config_dict[STORE].delete_policy(request.match_info["policy_id"])
+    await request.config_dict[POLICIES].refresh()
     if not deleted:
         return api_error(404, "not_found", f"no policy {request.match_info['policy_id']}")
-    request.app[EVENTS].publish("updates", "policy_deleted",
+    request.config_dict[EVENTS].publish("updates", "policy_deleted",
                                 {"policy_id": request.match_info["policy_id"]})
     return json_response({"deleted": request.match_info["policy_id"]})
 
@@ -47,8 +47,8 @@ async def delete_policy(request: web.Request) -> web.Response:
 async def policy_status_rows(request: web.Request) -> list[dict[str, object]]:
     """Every policy with its current window (`budget_proxy.status`): limit, spent, reserved,
     remaining, utilisation, time to reset, burn rate and runway."""
-    store = request.app[STORE]
-    tz = ZoneInfo(request.app[SETTINGS].timezone)
+    store = request.config_dict[STORE]
+    tz = ZoneInfo(request.config_dict[SETTINGS].timezone)
     now = store.now()
     policies = await store.list_policies()
     keys = status_keys(policies, now, tz)
@@ -57,7 +57,7 @@ async def policy_status_rows(request: web.Request) -> list[dict[str, object]]:
 
 
 async def status(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+    store = request.config_dict[STORE]
     rows = await policy_status_rows(request)
     return json_response({"time": store.now().isoformat(), "store": store.kind,
                           "policies": rows})

@@ -181,7 +181,7 @@ async def list_prices(request: web.Request) -> web.Response:
     q = read_query(request, PricesQuery)
     if isinstance(q, web.Response):
         return q
-    book = book_of(request.app)
+    book = book_of(request.config_dict)
     await book.refresh()
     return json_response(book.current_prices(q.provider, q.model))
 
@@ -189,7 +189,7 @@ async def list_prices(request: web.Request) -> web.Response:
 async def price_history(request: web.Request) -> web.Response:
     """Every price a model has had, oldest first, with effective and end dates; the one in
     force has `current: true`."""
-    book = book_of(request.app)
+    book = book_of(request.config_dict)
     await book.refresh()
     provider, model = request.match_info["provider"], request.match_info["model"]
     rows = book.history(provider, model)
@@ -205,7 +205,7 @@ async def set_price(request: web.Request) -> web.Response:
     req = await read_model(request, SetPriceRequest)
     if isinstance(req, web.Response):
         return req
-    book = book_of(request.app)
+    book = book_of(request.config_dict)
     try:
         version = await book.set_price(
             req.provider, req.model, req.changes(), source=req.source, verified=req.verified,
@@ -238,7 +238,7 @@ async def update_prices(request: web.Request) -> web.StreamResponse:
     if isinstance(q, web.Response):
         return q
     try:
-        updater = updater_for(request.app)
+        updater = updater_for(request.config_dict)
     except (ValueError, TypeError) as exc:
         return api_error(422, "invalid_config", f"price sources: {exc}")
     streamed = q.stream or "application/x-ndjson" in request.headers.get("Accept", "")
@@ -272,9 +272,9 @@ async def _shielded(coro: Any) -> dict[str, Any]:
 
 
 async def _calculate(request: web.Request, req: CalculateRequest) -> web.Response:
-    book = book_of(request.app)
+    book = book_of(request.config_dict)
     await book.refresh()
-    rule = request.app[SETTINGS].unknown_price
+    rule = request.config_dict[SETTINGS].unknown_price
     # `alert` prices like `ceiling`; a cost question is not a sighting worth an alert
     price = book.resolve_price(req.provider, req.model, "refuse" if rule == "refuse"
                                else "ceiling")

@@ -33,7 +33,7 @@ async def report(request: web.Request) -> web.Response:
     q = read_query(request, ReportQuery)
     if isinstance(q, web.Response):
         return q
-    app = request.app
+    app = request.config_dict
     store = app[STORE]
     tz = ZoneInfo(app[SETTINGS].timezone)
     since, until = time_range(q.period, q.days, store.now(), tz)
@@ -71,7 +71,7 @@ async def export(request: web.Request) -> web.Response:
     if isinstance(q, web.Response):
         return q
     records = await collect_usage(
-        request.app[STORE], since=q.since, until=q.until, provider=q.provider,
+        request.config_dict[STORE], since=q.since, until=q.until, provider=q.provider,
         component=q.component, model=q.model, context_id=q.context_id, session_id=q.session_id,
         limit=q.offset + q.limit)
     records = records[q.offset:]

@@ -70,7 +70,7 @@ async def list_usage_records(request: web.Request) -> web.Response:
         component=q.component, provider=q.provider, model=q.model, context_id=q.context_id,
         session_id=q.session_id, since=q.since, until=q.until, limit=q.limit, offset=q.offset,
     )
-    return json_response(await request.app[STORE].list_usage(query))
+    return json_response(await request.config_dict[STORE].list_usage(query))
 
 
 async def usage_summary(request: web.Request) -> web.Response:
@@ -79,8 +79,8 @@ async def usage_summary(request: web.Request) -> web.Response:
     q = read_query(request, UsageSummaryQuery)
     if isinstance(q, web.Response):
         return q
-    store = request.app[STORE]
-    tz = ZoneInfo(request.app[SETTINGS].timezone)
+    store = request.config_dict[STORE]
+    tz = ZoneInfo(request.config_dict[SETTINGS].timezone)
     since, until = time_range(q.period, q.days, store.now(), tz)
     records = await collect_usage(store, since=since, provider=q.provider,
                                   component=q.component, model=q.model)
@@ -113,7 +113,7 @@ async def resolve(
 ) -> Resolved:
     """Counter lines as the proxy builds them: policies matching the scope, a soft limit's
     model move, and the allocation drawn on (whose component is charged when none is named)."""
-    app = request.app
+    app = request.config_dict
     store = app[STORE]
     cache = app[POLICIES]
     await cache.refresh()
@@ -152,7 +152,7 @@ async def check_usage(request: web.Request) -> web.Response:
     req = await read_model(request, UsageCheckRequest)
     if isinstance(req, web.Response):
         return req
-    app = request.app
+    app = request.config_dict
     price = app[PROXY].price_for(req.provider, req.model)
     if price is None:
         return no_price(req.model, "; the proxy would refuse this request")
@@ -219,7 +219,7 @@ async def record_usage(request: web.Request) -> web.Response:
     req = await read_model(request, UsageRecordRequest)
     if isinstance(req, web.Response):
         return req
-    app = request.app
+    app = request.config_dict
     store = app[STORE]
     price = app[PROXY].price_for(req.provider, req.model)
     if price is None and (req.input_cost is None or req.output_cost is None):
