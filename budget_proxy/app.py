@@ -33,6 +33,7 @@ from budget_proxy.appkeys import (
     STORE,
 )
 from budget_proxy.config import Settings
+from budget_proxy.edge import edge_middleware
 from budget_proxy.events import EventBus
 from budget_proxy.hermes import hermes_ctx
 from budget_proxy.loops import every, stop
@@ -169,7 +170,10 @@ async def _proxy_handler(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        handler_args={"max_field_size": 65536},
+        middlewares=[edge_middleware],
+        # aiohttp's keep-alive timer also runs from connection start until a request's head
+        # is complete: it is the header-read timeout of slow clients (and the idle timeout)
+        handler_args={"max_field_size": 65536, "keepalive_timeout": settings.header_timeout_s},
     )
     app[SETTINGS] = settings
     app[STORE] = store or make_store(settings)

@@ -4,7 +4,8 @@
 responses, completions, embeddings, messages) hold a reservation from before the upstream call
 until settlement; the settlement runs in a task the handler only awaits through
 `asyncio.shield`, so a client hanging up (and the handler being cancelled) cannot lose it.
-Everything else under a provider's prefix is passed through unmetered.
+Everything else under a provider's prefix is free (forwarded as is) or refused
+(`budget_proxy.routing` decides which, from the canonical path).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 from aiohttp import web
+from yarl import URL
 
-from budget_proxy import allocations, tokens
+from budget_proxy import allocations, routing, tokens
 from budget_proxy.config import ProviderConfig, Settings
 from budget_proxy.enforcement import (
     CounterLine,
@@ -38,6 +40,7 @@ from budget_proxy.models import PolicyType, UsageRecord, new_id, nusd_to_usd
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
+from budget_proxy.routing import Classified, Refusal, RouteClass
 from budget_proxy.store.base import Reservation, Store, StoreError
 from budget_proxy.store.journal import SettlementJournaled
 from budget_proxy.usage import Usage, cost_of, from_anthropic, worst_case_nusd
@@ -45,7 +48,6 @@ from budget_proxy.wire import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     SSEParser,
     UsageTap,
-    endpoint_kind,
     error_body,
     is_streaming,
     requested_max_output,
@@ -75,6 +77,10 @@ class Attribution:
     task_type: str | None = None
     context_id: str | None = None
     allocation_id: str | None = None
+
+
+# the caller a virtual key identified, set by `Proxy.identify` for `Proxy.attribution`
+CALLER = web.RequestKey("budget_proxy_caller", Attribution)
 
 
 @dataclass(slots=True)
@@ -120,6 +126,7 @@ FinishHook = Callable[[Metered, UsageRecord | None], None]  # record None: nothi
 RefuseHook = Callable[[str, str, str], None]  # provider, policy_id, reason
 StoreFailureHook = Callable[[str], None]  # operation (reserve, settle, release, ...)
 ErrorResponseHook = Callable[[str, int, str], None]  # api, status, code: answered by the proxy
+UnmeteredHook = Callable[[str, str], None]  # provider, method: forwarded unmetered (allow)
 
 
 class Proxy:
@@ -143,25 +150,56 @@ class Proxy:
         self.on_refuse: list[RefuseHook] = []
         self.on_store_failure: list[StoreFailureHook] = []
         self.on_error_response: list[ErrorResponseHook] = []
+        self.on_unmetered: list[UnmeteredHook] = []
+        self._unmetered_logged: set[tuple[str, str, str]] = set()
         self.identify_key: Callable[[str], Attribution | None] | None = None
 
     # routing ------------------------------------------------------------------------------
-    def resolve(self, path: str) -> tuple[ProviderConfig, str] | None:
-        """(provider, path under its API root) for a proxy path, or None if unknown."""
-        head, _, rest = path.lstrip("/").partition("/")
-        if head == "v1":
-            provider = self.providers["openai"]
-            return provider, rest
-        provider = self.providers.get(head)
-        if provider is None:
-            return None
-        if provider.api == "openai" and rest.startswith("v1/"):
-            rest = rest[3:]
-        return provider, rest
+    def resolve(self, request: web.Request) -> tuple[ProviderConfig, str, Classified]:
+        """(provider, canonical path under its API root, route class), or a `Refusal`, before
+        anything is read or forwarded. In order: a path that is not canonical (400
+        invalid_path), no such provider (404), an unknown virtual key or a missing required
+        one (401), a provider without its API key (503), a route that is neither metered nor
+        free (403 unmetered_route, unless BUDGET_UNMETERED=allow)."""
+        raw_path = request.rel_url.raw_path
+        problem = routing.path_problem(raw_path)
+        if problem is not None:
+            raise Refusal(400, "invalid_path", f"{problem}; the request was not forwarded",
+                          api=routing.api_for_path(self.providers, raw_path) or "openai")
+        resolved = routing.resolve(self.providers, raw_path)
+        if resolved is None:
+            raise Refusal(404, "unknown_route", f"no provider route for {raw_path}")
+        provider, rest = resolved
+        self.identify(request, provider.api)
+        if not provider.api_key:
+            where = (f"set {provider.api_key_env}" if provider.api_key_env else
+                     f"set api_key_env in its [providers.{provider.name}] table")
+            raise Refusal(503, "provider_key_missing", f"the budget proxy holds no API key for "
+                          f"provider {provider.name} ({where}); the request was not forwarded",
+                          api=provider.api, headers={"x-should-retry": "false"})
+        websocket = "websocket" in request.headers.get("Upgrade", "").lower()
+        route = routing.classify(provider.api, request.method, rest, websocket=websocket)
+        if route.route_class is RouteClass.REFUSED:
+            if self.settings.unmetered != "allow":
+                raise Refusal(403, "unmetered_route", f"{request.method} {raw_path} is refused: "
+                              f"{route.reason} by the budget proxy (BUDGET_UNMETERED=allow "
+                              "forwards unmetered routes)", api=provider.api)
+            self.unmetered(provider.name, request.method, rest)
+        return provider, rest, route
 
-    def upstream_url(self, provider: ProviderConfig, rest: str, query: str) -> str:
-        url = f"{provider.base_url.rstrip('/')}/{rest}"
-        return f"{url}?{query}" if query else url
+    def unmetered(self, provider: str, method: str, rest: str) -> None:
+        """BUDGET_UNMETERED=allow: counted every time, logged once per path shape."""
+        for hook in self.on_unmetered:
+            hook(provider, method)
+        shape = (provider, method, routing.path_shape(rest))
+        if shape not in self._unmetered_logged and len(self._unmetered_logged) < 1024:
+            self._unmetered_logged.add(shape)
+            log.warning("forwarding unmetered %s %s/%s (BUDGET_UNMETERED=allow); further calls "
+                        "of this shape are not logged", method, provider, shape[2])
+
+    def upstream_url(self, provider: ProviderConfig, rest: str, query: str) -> URL:
+        """Under the provider's base path, exactly the canonical path that was classified."""
+        return routing.upstream_url(provider.base_url, rest, query)
 
     def upstream_headers(self, request: web.Request, provider: ProviderConfig) -> dict[str, str]:
         headers = {
@@ -181,31 +219,37 @@ class Proxy:
         return headers
 
     # identify -----------------------------------------------------------------------------
+    def identify(self, request: web.Request, api: str) -> None:
+        """The virtual key check of every proxy route (metered, free or refused): an unknown,
+        revoked or expired `bp-` key is refused (401, provider format) rather than served
+        anonymously; with BUDGET_REQUIRE_KEY a request without one is refused too."""
+        secret = _virtual_key(request.headers)
+        if secret is None:
+            if self.settings.require_key:
+                raise Refusal(401, "invalid_api_key", "this budget proxy requires a virtual key "
+                              "(bp-...) as the API key (BUDGET_REQUIRE_KEY=true)", api=api)
+            return
+        caller = self.identify_key(secret) if self.identify_key is not None else None
+        if caller is None:
+            raise Refusal(401, "invalid_api_key", "unknown or revoked budget-proxy virtual key",
+                          api=api)
+        request[CALLER] = caller
+
     def attribution(self, request: web.Request) -> Attribution:
         """Who pays. A virtual key (`bp-...` in the header the client's SDK sends its API key
-        in) names the component and cannot be overridden by headers; an unknown, revoked or
-        expired virtual key is refused (401, provider format) rather than served anonymously."""
+        in, checked by `identify`) names the component and cannot be overridden by headers;
+        empty attribution headers count as absent."""
         h = request.headers
-        from_key = None
-        secret = _virtual_key(h)
-        if secret is not None and self.identify_key is not None:
-            from_key = self.identify_key(secret)
-            if from_key is None:
-                resolved = self.resolve(request.path)
-                api = resolved[0].api if resolved else "openai"
-                raise web.HTTPUnauthorized(
-                    text=error_body(api, 401, "unknown or revoked budget-proxy virtual key",
-                                    code="invalid_api_key").decode(),
-                    content_type="application/json")
+        from_key = request.get(CALLER)
         component = (from_key.component if from_key else None) or h.get(
             "X-Budget-Component") or self.settings.component
         return Attribution(
             component=component,
-            session=h.get("X-Budget-Session"),
-            task=h.get("X-Budget-Task"),
-            task_type=h.get("X-Budget-Task-Type"),
-            context_id=h.get("X-Budget-Context"),
-            allocation_id=h.get("X-Budget-Allocation"),
+            session=h.get("X-Budget-Session") or None,
+            task=h.get("X-Budget-Task") or None,
+            task_type=h.get("X-Budget-Task-Type") or None,
+            context_id=h.get("X-Budget-Context") or None,
+            allocation_id=h.get("X-Budget-Allocation") or None,
         )
 
     # pricing ------------------------------------------------------------------------------
@@ -218,15 +262,14 @@ class Proxy:
     # handler ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started_at = time.perf_counter()
-        resolved = self.resolve(request.path)
-        if resolved is None:
-            return self.error("openai", 404, f"no provider route for {request.path}",
-                              code="unknown_route")
-        provider, rest = resolved
-        kind = endpoint_kind(provider.api, rest) if request.method == "POST" else None
-        if kind is None:
-            return await self.pass_through(request, provider, rest)
-        return await self.metered(request, provider, rest, kind, started_at)
+        try:
+            provider, rest, route = self.resolve(request)
+        except Refusal as refusal:
+            return self.error(refusal.api, refusal.status, refusal.message, code=refusal.code,
+                              headers=refusal.headers or None)
+        if route.route_class is RouteClass.METERED and route.endpoint is not None:
+            return await self.metered(request, provider, rest, route.endpoint, started_at)
+        return await self.pass_through(request, provider, rest)
 
     def error(self, api: str, status: int, message: str, *, code: str | None = None,
               headers: dict[str, str] | None = None) -> web.Response:
@@ -256,7 +299,7 @@ class Proxy:
             return body
         try:
             upstream = await self.session.request(
-                request.method, self.upstream_url(provider, rest, request.query_string),
+                request.method, self.upstream_url(provider, rest, request.rel_url.raw_query_string),
                 headers=self.upstream_headers(request, provider), data=body or None,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -669,9 +712,9 @@ def _without_hold(result: ReserveResult, reservation: Reservation) -> list[Total
 
 def _virtual_key(headers: Any) -> str | None:
     """A `bp-...` secret from whichever credential header the client's SDK uses."""
-    auth = headers.get("Authorization", "")
-    if auth.startswith("Bearer bp-"):
-        return auth[7:]
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip().startswith("bp-"):
+        return token.strip()
     for name in ("x-api-key", "api-key", "x-goog-api-key"):
         value = headers.get(name, "")
         if value.startswith("bp-"):

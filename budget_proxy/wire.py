@@ -1,4 +1,4 @@
-"""Provider wire formats: which calls are metered, error envelopes, SSE parsing, usage taps.
+"""Provider wire formats: error envelopes, SSE parsing, usage taps (routes: `routing`).
 
 Everything here is pure (bytes and dicts in, bytes and dicts out) so each provider shape is
 tested without sockets. SSE parsing keeps partial events across network chunks: one event may
@@ -14,26 +14,8 @@ import orjson
 
 from budget_proxy.usage import Usage, from_anthropic, from_gemini, from_openai
 
-# path (relative to the provider's API root) -> metered endpoint kind
-OPENAI_ENDPOINTS = {
-    "chat/completions": "chat.completions",
-    "responses": "responses",
-    "completions": "completions",
-    "embeddings": "embeddings",
-}
-ANTHROPIC_ENDPOINTS = {"v1/messages": "messages"}
-
 # default max output when neither the request nor the catalog says (completions' API default)
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
-
-
-def endpoint_kind(api: str, path: str) -> str | None:
-    """The metered endpoint a POST path is, or None for a pass-through call."""
-    if api == "anthropic":
-        return ANTHROPIC_ENDPOINTS.get(path)
-    if api == "gemini":
-        return "gemini" if path.endswith((":generateContent", ":streamGenerateContent")) else None
-    return OPENAI_ENDPOINTS.get(path)
 
 
 def requested_max_output(endpoint: str, body: dict[str, Any]) -> int | None:

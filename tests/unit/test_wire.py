@@ -5,7 +5,6 @@ from budget_proxy.usage import Usage
 from budget_proxy.wire import (
     SSEParser,
     UsageTap,
-    endpoint_kind,
     error_body,
     event_data,
     requested_max_output,
@@ -73,22 +72,6 @@ def test_responses_stream_tap():
         "response.completed"))
     assert tap.usage == Usage(input_tokens=5, output_tokens=7)
     assert tap.model == "gpt-4o"
-
-
-@pytest.mark.parametrize(
-    ("api", "path", "kind"),
-    [
-        ("openai", "chat/completions", "chat.completions"),
-        ("openai", "responses", "responses"),
-        ("openai", "embeddings", "embeddings"),
-        ("openai", "models", None),
-        ("anthropic", "v1/messages", "messages"),
-        ("anthropic", "v1/messages/count_tokens", None),
-        ("gemini", "v1beta/models/gemini-2.5-pro:generateContent", "gemini"),
-    ],
-)
-def test_endpoint_kinds(api, path, kind):
-    assert endpoint_kind(api, path) == kind
 
 
 @pytest.mark.parametrize(
