@@ -1,7 +1,13 @@
 # budget-proxy: slim, non-root, the package with its tiktoken files and price catalog baked in.
 #
 #   docker build -t budget-proxy .
-#   docker run -p 8013:8013 -e OPENAI_API_KEY -v budget-data:/var/lib/budget-proxy budget-proxy
+#   docker run -p 8013:8013 -e OPENAI_API_KEY -e BUDGET_ADMIN_TOKEN \
+#     -v budget-data:/var/lib/budget-proxy budget-proxy
+#
+# The image listens on 0.0.0.0, so it needs BUDGET_ADMIN_TOKEN (a non-empty secret): without
+# it `serve` refuses to start rather than let anyone who reaches the port change budgets.
+# BUDGET_ALLOW_OPEN_ADMIN=true overrides that (with a loud warning in the log), for a
+# network where only trusted callers can reach the port.
 #
 # tests/test_dockerfile.py runs these same steps in a fresh virtual environment (CI has no
 # Docker engine) and starts the proxy from the result.

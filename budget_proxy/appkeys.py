@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from budget_proxy.alerts import Alerts
@@ -25,3 +27,6 @@ METRICS = web.AppKey("metrics", Metrics)
 ALERTS = web.AppKey("alerts", Alerts)
 ALLOCATIONS = web.AppKey("allocations", Allocations)
 KEYS = web.AppKey("keys", KeyRing)
+# set once start-up's store work (default budget, policy files, caches) is done; until then
+# (the store was down at start) readiness answers 503
+STORE_SEEDED = web.AppKey("store_seeded", asyncio.Event)

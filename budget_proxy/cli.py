@@ -194,6 +194,7 @@ def serve(host: str | None, port: int | None, config_path: Path | None) -> None:
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     try:
         settings = load_settings(config_path, **overrides)
+        settings.check_serving()
         load_paths(policy_dirs(settings.policies_dir))  # refuse to start on a bad policy file
     except (ConfigError, PolicyFileError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc

@@ -6,12 +6,20 @@ file (`BUDGET_CONFIG` or `--config`) adds `[providers.NAME]` tables and a policy
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderApi = Literal["openai", "anthropic", "gemini"]
@@ -162,6 +170,28 @@ class Settings(BaseSettings):
         parse_sources_env(value)  # raises naming the bad entry
         return value
 
+    @field_validator("admin_token", "viewer_token")
+    @classmethod
+    def _token_not_blank(cls, value: str | None) -> str | None:
+        # an empty BUDGET_ADMIN_TOKEN would otherwise read as "set" and match nothing, or as
+        # unset and open everything: either is a mistake worth refusing to start on
+        if value is not None and not value.strip():
+            raise ValueError("is set but empty: give a token or unset the variable")
+        return value
+
+    @property
+    def open_admin(self) -> bool:
+        """Anyone who can reach the listen address may change budgets."""
+        return self.admin_token is None and not is_loopback(self.host)
+
+    def check_serving(self) -> None:
+        """What `serve` refuses to start with, beyond each field's own validation."""
+        if self.open_admin and not self.allow_open_admin:
+            raise ConfigError(
+                f"BUDGET_HOST: listening on {self.host} (not loopback) with no "
+                "BUDGET_ADMIN_TOKEN would let anyone on the network change budgets: set "
+                "BUDGET_ADMIN_TOKEN, listen on 127.0.0.1, or set BUDGET_ALLOW_OPEN_ADMIN=true")
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -189,14 +219,38 @@ class Settings(BaseSettings):
         return [*self.webhooks, *parse_webhook_urls(self.webhook_urls)]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only accepts local connections (`localhost`, 127.0.0.0/8,
+    ::1). Any other name or address, the wildcards included, may be reachable from outside."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ConfigError(ValueError):
     """A configuration file is invalid; the message names the file and the key."""
+
+
+def _settings_error(exc: ValidationError) -> ConfigError:
+    """A settings validation error as one line per problem, named by its variable."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        name = f"BUDGET_{loc[0].upper()}" if loc else "configuration"
+        lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+    return ConfigError("invalid configuration: " + "; ".join(lines))
 
 
 def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
     """Settings from the TOML file's `[proxy]` and `[providers.*]` tables, overridden by the
     environment, overridden by explicit arguments (the CLI's flags)."""
-    env_settings = Settings()
+    try:
+        env_settings = Settings()
+    except ValidationError as exc:
+        raise _settings_error(exc) from exc
     path = config_path or env_settings.config
     file_values: dict[str, object] = {}
     if path is not None:
@@ -223,4 +277,7 @@ def load_settings(config_path: Path | None = None, **overrides: object) -> Setti
             raise ConfigError(f"{path}: [[price_sources]]: {exc}") from exc
         file_values["config"] = path
     merged = {**file_values, **env_settings.model_dump(exclude_unset=True), **overrides}
-    return Settings(**{k: v for k, v in merged.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in merged.items() if v is not None})
+    except ValidationError as exc:
+        raise _settings_error(exc) from exc

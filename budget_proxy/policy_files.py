@@ -212,7 +212,12 @@ async def reconcile(store: Store, loaded: PolicySet, *, prune: bool = True) -> R
 
 async def load_at_startup(store: Store, configured: Path | None) -> ReconcileReport:
     """Load the policy directories and reconcile; raises `PolicyFileError` (start-up fails)."""
-    loaded = load_paths(policy_dirs(configured))
+    return await apply_at_startup(store, load_paths(policy_dirs(configured)))
+
+
+async def apply_at_startup(store: Store, loaded: PolicySet) -> ReconcileReport:
+    """Reconcile files already loaded (and validated) into the store; the store may be down
+    (`StoreError`): start-up then retries this until it is back."""
     report = await reconcile(store, loaded)
     if loaded.files or report.removed:
         log.info("policy files %s: %s", ", ".join(map(str, loaded.files)) or "(none)",

@@ -402,7 +402,10 @@ async def prices_ctx(app: web.Application) -> AsyncIterator[None]:
         raise ConfigError(f"price sources: {exc}") from exc
     book.attach(app[STORE], app[EVENTS])
     book.on_unknown = unknown_price_hook(book, app.get(ALERTS))
-    await book.refresh(force=True)
+    try:
+        await book.refresh(force=True)
+    except StoreError as exc:  # the store is down at start-up: the poll below catches up
+        log.warning("stored prices not loaded at start-up, store unavailable: %s", exc)
     # picks up versions written by other replicas (and future-dated ones coming into force)
     # even when a change notice is missed
     tasks = [asyncio.create_task(every(PRICE_POLL_INTERVAL_S, book.refresh, "price refresh"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from budget_proxy.api.common import presented_token, token_role
 from budget_proxy.appkeys import EVENTS, METRICS, SETTINGS
 from budget_proxy.events import TOPICS, EventBus, Subscription
 from budget_proxy.models import UsageRecord, utcnow
@@ -50,17 +50,13 @@ async def _send(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
 
 
 def _authorised(request: web.Request) -> bool:
-    """With a viewer token configured, reading events needs it (or the admin token), as a
-    bearer header or `?token=` (browsers cannot set headers on a WebSocket)."""
+    """With any token configured (admin or viewer), reading events needs one of them, as a
+    bearer header or `?token=` (browsers cannot set headers on a WebSocket). With none
+    configured, the admin API is open and so are its events."""
     settings = request.app[SETTINGS]
-    if settings.viewer_token is None:
+    if settings.viewer_token is None and settings.admin_token is None:
         return True
-    auth = request.headers.get("Authorization", "")
-    presented = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
-    return any(
-        token is not None and hmac.compare_digest(presented.encode(), token.encode())
-        for token in (settings.viewer_token, settings.admin_token)
-    )
+    return token_role(presented_token(request, query=True), settings) != "none"
 
 
 def subscription_topics(current: frozenset[str], path_topic: str,
@@ -106,7 +102,10 @@ async def _send_events(ws: web.WebSocketResponse, sub: Subscription, bus: EventB
 
 async def _handle(request: web.Request, path_topic: str) -> web.StreamResponse:
     if not _authorised(request):
-        raise web.HTTPUnauthorized(text="a viewer or admin token is required")
+        raise web.HTTPUnauthorized(
+            text='{"error": {"type": "unauthorized", "message": "a viewer or admin token is '
+                 'required (Authorization: Bearer, or ?token=)"}}',
+            content_type="application/json")
     ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, timeout=WS_CLOSE_TIMEOUT_S)
     await ws.prepare(request)
     bus = request.app[EVENTS]

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from budget_proxy.config import ConfigError, Settings
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +147,21 @@ def test_dockerfile_shape():
     assert "/health" in check and "CMD" in check
     assert json.loads(runtime.all("ENTRYPOINT")[0]) == ["budget-proxy"]
     assert json.loads(runtime.all("CMD")[0]) == ["serve"]
+
+
+def test_the_image_needs_an_admin_token():
+    """The image binds 0.0.0.0: without BUDGET_ADMIN_TOKEN its settings refuse to serve, and
+    the Dockerfile's own usage line passes the token."""
+    text = DOCKERFILE.read_text()
+    _, runtime = parse_dockerfile(text)
+    env = env_of(runtime)
+    with pytest.raises(ConfigError, match="BUDGET_ADMIN_TOKEN"):
+        Settings(**{k.removeprefix("BUDGET_").lower(): v for k, v in env.items()
+                    if k.startswith("BUDGET_")}).check_serving()
+    Settings(host=env["BUDGET_HOST"], admin_token="t").check_serving()
+    usage = re.sub(r"\\\n#\s*", " ", text)
+    assert re.search(r"docker run .*-e BUDGET_ADMIN_TOKEN", usage)
+    assert "BUDGET_ALLOW_OPEN_ADMIN" in text
 
 
 def test_dockerignore_keeps_the_context_small():

@@ -9,20 +9,25 @@ from __future__ import annotations
 from aiohttp import web
 
 from budget_proxy.api.common import json_response
-from budget_proxy.appkeys import STORE
+from budget_proxy.appkeys import STORE, STORE_SEEDED
 from budget_proxy.models import utcnow
 from budget_proxy.store.base import StoreError
 
 
 async def _check(request: web.Request) -> tuple[dict[str, str], bool]:
+    """Ready when the store answers and start-up's store work (default budget, policy files)
+    is done: a proxy started while its store was down is not ready until both hold."""
     store = request.config_dict[STORE]
     try:
         await store.config_version()
-        ok = True
+        reachable = True
     except StoreError:
-        ok = False
+        reachable = False
+    seeded = request.config_dict.get(STORE_SEEDED)
+    ok = reachable and (seeded is None or seeded.is_set())
     body = {"status": "ok" if ok else "degraded", "store": store.kind,
-            "store_status": "ok" if ok else "unavailable", "time": utcnow().isoformat()}
+            "store_status": "ok" if ok else "unavailable" if not reachable else "starting",
+            "time": utcnow().isoformat()}
     return body, ok
 
 

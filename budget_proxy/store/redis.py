@@ -57,6 +57,7 @@ from redis.exceptions import (
 )
 
 from budget_proxy.enforcement import CounterLine, ReserveResult, Totals
+from budget_proxy.logs import redact_url
 from budget_proxy.models import UsageRecord
 from budget_proxy.store import keys as K
 from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
@@ -187,7 +188,7 @@ class RedisStore(Store):
         try:
             await self.sync_clock()
         except StoreError as exc:
-            log.warning("redis %s not reachable at start: %s", self.url, exc)
+            log.warning("redis %s not reachable at start: %s", redact_url(self.url), exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):
