@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
 
-from budget_proxy import dashboard, logs, tokens, ws
+from budget_proxy import dashboard, tokens, ws
 from budget_proxy.alerts import Alerts
 from budget_proxy.allocations import Allocations
 from budget_proxy.api import PREFIX, admin_app, root_routes
@@ -31,7 +31,6 @@ from budget_proxy.appkeys import (
     PROXY,
     SETTINGS,
     STORE,
-    STORE_SEEDED,
 )
 from budget_proxy.config import Settings
 from budget_proxy.edge import edge_middleware
@@ -40,11 +39,11 @@ from budget_proxy.hermes import hermes_ctx
 from budget_proxy.loops import every, stop
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
-from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
+from budget_proxy.policy_files import load_at_startup
 from budget_proxy.price_update import prices_ctx
 from budget_proxy.pricing import PriceBook
 from budget_proxy.proxy import Proxy
-from budget_proxy.store.base import Store, StoreError, hold_timing
+from budget_proxy.store.base import Store, StoreError
 from budget_proxy.store.sqlite import SqliteStore
 from budget_proxy.virtual_keys import KeyRing
 
@@ -115,20 +114,13 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Policy files reconciled into the store (an invalid file refuses start-up), the default
     budget, virtual keys on the proxy, and the loops that expire allocations and converge the
-    key ring across replicas. With the store down at start-up, the store work retries in the
-    background until the store is back; meanwhile requests are served by the fail mode."""
+    key ring across replicas."""
     settings = app[SETTINGS]
-    store = app[STORE]
-    loaded = load_paths(policy_dirs(settings.policies_dir))  # a bad file is a config error
+    await ensure_default_budget(app[STORE])
+    await load_at_startup(app[STORE], settings.policies_dir)
+    await app[POLICIES].refresh(force=True)
+    await app[KEYS].refresh(force=True)
     app[PROXY].identify_key = app[KEYS].identify
-    seeded = app[STORE_SEEDED]
-
-    async def seed() -> None:
-        await ensure_default_budget(store)
-        await apply_at_startup(store, loaded)
-        await app[POLICIES].refresh(force=True)
-        await app[KEYS].refresh(force=True)
-        seeded.set()
 
     tasks = [
         asyncio.create_task(every(settings.reaper_interval_s, app[ALLOCATIONS].sweep,
@@ -136,58 +128,21 @@ async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(POLICY_POLL_INTERVAL_S, app[KEYS].refresh,
                                   "virtual key refresh"), name="key-poll"),
     ]
-    try:
-        await seed()
-    except StoreError as exc:
-        log.error("budget store unavailable at start-up (%s): serving with fail mode %s; "
-                  "default budget, policy files and keys are applied when it is back",
-                  exc, settings.fail_mode)
-        tasks.append(asyncio.create_task(_retry_until_done(seed, "start-up store work"),
-                                         name="startup-seed"))
     yield
     await stop(tasks)
 
 
-async def _retry_until_done(action: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run `action` until it completes, once per `POLICY_POLL_INTERVAL_S` while it fails."""
-    while True:
-        await asyncio.sleep(POLICY_POLL_INTERVAL_S)
-        try:
-            await action()
-        except StoreError as exc:
-            log.debug("%s: store still unavailable: %s", what, exc)
-            continue
-        except Exception:
-            log.exception("%s failed; retrying", what)
-            continue
-        log.warning("%s done: the budget store is back", what)
-        return
-
-
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The reaper (charges holds of dead processes, releases expired allocation holds), the
-    renewal of this process's live holds (a request outliving the TTL keeps its hold), and
-    the policy poll. Start-up is refused when the reservation TTL cannot work."""
     settings = app[SETTINGS]
     store = app[STORE]
-    try:
-        timing = hold_timing(settings.reservation_ttl_s, settings.upstream_timeout_s)
-    except ValueError as exc:
-        log.critical("%s", exc)
-        raise
-    for warning in timing.warnings:
-        log.warning("%s", warning)
-    store.max_hold_s = timing.max_hold_s
 
     async def reap() -> None:
-        reaped = await store.reap_expired()
-        if reaped:
-            log.warning("charged or released %d expired holds", reaped)
+        released = await store.reap_expired()
+        if released:
+            log.warning("released %d expired reservations", released)
 
     tasks = [
         asyncio.create_task(every(settings.reaper_interval_s, reap, "reaper"), name="reaper"),
-        asyncio.create_task(every(timing.renew_interval_s, store.renew_holds, "hold renewal"),
-                            name="hold-renewal"),
         asyncio.create_task(every(POLICY_POLL_INTERVAL_S, app[POLICIES].refresh,
                                   "policy refresh"), name="policy-poll"),
     ]
@@ -231,7 +186,6 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                                    reservation_ttl_s=settings.reservation_ttl_s,
                                    events=app[EVENTS])
     app[KEYS] = KeyRing(app[STORE])
-    app[STORE_SEEDED] = asyncio.Event()
     app.cleanup_ctx.extend([_store_ctx, _redis_ctx, _http_ctx, _admin_ctx, _loops_ctx,
                             _observe_ctx])
     app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
@@ -245,22 +199,10 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     return app
 
 
-async def _log_summary(app: web.Application) -> None:
-    """One block at start-up saying how this proxy is set up (no secret in it)."""
-    settings = app[SETTINGS]
-    policies = ([p.policy_id for p in app[POLICIES].policies] if app[STORE_SEEDED].is_set()
-                else None)
-    for line in logs.startup_summary(settings, policies):
-        log.info("start-up: %s", line)
-    if settings.open_admin:
-        log.warning("start-up: BUDGET_ALLOW_OPEN_ADMIN=true: the admin API on %s has NO "
-                    "token: anyone who can reach this port can change or delete budgets",
-                    settings.host)
-
-
 def run(settings: Settings) -> None:
-    logs.install(settings.log_level)
-    app = create_app(settings)
-    app.on_startup.append(_log_summary)  # after the cleanup contexts: policies are loaded
-    web.run_app(app, host=settings.host, port=settings.port,
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
                 access_log=None, print=lambda msg: log.info("%s", msg.strip()))
