@@ -28,6 +28,7 @@ NO_PROMTOOL = "promtool not installed (apt-get install prometheus)"
 
 # labels Prometheus adds at scrape time, never in the exposition itself
 TARGET_LABELS = {"job", "instance"}
+SECRET_COMPONENT = "sk-live-0123456789abcdef"  # what a careless client may send as a header
 GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?\s*\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
@@ -109,6 +110,8 @@ async def drive_traffic(proxy, fake) -> str:
          "name": "monthly-all"},
         {"period": "daily", "type": "hard_limit", "cost_limit": 0.000001, "model": "gpt-4o",
          "name": "no-gpt-4o"},
+        {"period": "monthly", "type": "warn", "cost_limit": 100, "component": "billing",
+         "name": "billing-monthly"},
     ):
         resp = await proxy.api("POST", "/api/policies", json=body)
         assert resp.status_code == 201, resp.text
@@ -120,6 +123,9 @@ async def drive_traffic(proxy, fake) -> str:
             await client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
                 extra_headers={"X-Budget-Component": "billing"})
+            await client.chat.completions.create(  # a client header is not a label value
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"X-Budget-Component": SECRET_COMPONENT})
             stream = await client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
             async for _ in stream:
@@ -198,11 +204,17 @@ async def test_genai_and_policy_series_after_traffic(live_metrics):
     text = live_metrics
     assert re.search(r'gen_ai_client_token_usage_count\{[^}]*gen_ai_provider_name="anthropic"'
                      r'[^}]*gen_ai_token_type="input"', text)
+    # OTel's token types: input (cached included) and output (reasoning included)
+    otel = {s.labels["gen_ai_token_type"] for f in text_string_to_metric_families(text)
+            if f.name == "gen_ai_client_token_usage" for s in f.samples}
+    assert otel == {"input", "output"}
     for token_type in ("input", "output", "cache_read", "reasoning"):
-        assert f'gen_ai_token_type="{token_type}"' in text
+        assert re.search(r'budget_proxy_tokens_total\{[^}]*gen_ai_token_type="'
+                         f'{token_type}"', text)
     assert re.search(r'budget_proxy_requests_total\{[^}]*outcome="ok"[^}]*route='
                      r'"chat.completions"', text)
-    assert 'component="billing"' in text
+    assert 'component="billing"' in text and 'component="sidecar-default"' in text
+    assert 'component="other"' in text and SECRET_COMPONENT not in text
     assert re.search(r'budget_proxy_refusals_total\{[^}]*reason="limit"', text)
     assert re.search(r'budget_proxy_error_responses_total\{[^}]*code="invalid_json"', text)
     assert re.search(r'budget_proxy_policy_utilisation_ratio\{[^}]*name="monthly-all"', text)
@@ -211,7 +223,24 @@ async def test_genai_and_policy_series_after_traffic(live_metrics):
     assert 'budget_proxy_websocket_clients{topic="updates"}' in text
     # bounded labels: no record, session or request ids, no raw model names
     assert not re.search(r'"(use|alr|alloc)_[0-9a-f]{8,}"', text) and "pol_" in text
-    assert 'gen_ai_request_model="claude-3-5-haiku-latest"' not in text
+    # the catalog's name on our own series; OTel's request model is the exact name asked for
+    # when the catalog knows it (an alias here)
+    assert not re.search(r'budget_proxy_requests_total\{[^}]*claude-3-5-haiku-latest', text)
+    assert re.search(r'budget_proxy_requests_total\{[^}]*"claude-3-5-haiku"', text)
+    assert re.search(r'gen_ai_client_token_usage_count\{[^}]*'
+                     r'gen_ai_request_model="claude-3-5-haiku-latest"', text)
+    # known label sets exist at zero from the start
+    for provider in ("openai", "anthropic"):
+        for status_class in ("2xx", "5xx", "unreachable"):
+            assert (f'budget_proxy_upstream_responses_total{{gen_ai_provider_name="{provider}",'
+                    f'status_class="{status_class}"}}') in text
+        assert (f'budget_proxy_flagged_usage_total{{gen_ai_provider_name="{provider}",'
+                f'reason="unpriced_model"}}') in text
+        assert (f'budget_proxy_unmetered_requests_total{{gen_ai_provider_name="{provider}",'
+                f'method="POST"}}') in text
+    # one refusal with room left is no exhaustion (three in a row would be)
+    assert re.search(r'budget_proxy_policy_exhausted\{[^}]*name="no-gpt-4o"[^}]*\} 0\.0', text)
+    assert re.search(r'budget_proxy_policy_info\{[^}]*name="billing-monthly"', text)
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
