@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
 
-from budget_proxy import dashboard, tokens, ws
+from budget_proxy import dashboard, logs, tokens, ws
 from budget_proxy.alerts import Alerts
 from budget_proxy.allocations import Allocations
 from budget_proxy.api import PREFIX, admin_app, root_routes
@@ -31,6 +31,7 @@ from budget_proxy.appkeys import (
     PROXY,
     SETTINGS,
     STORE,
+    STORE_SEEDED,
 )
 from budget_proxy.config import Settings
 from budget_proxy.edge import edge_middleware
@@ -39,7 +40,7 @@ from budget_proxy.hermes import hermes_ctx
 from budget_proxy.loops import every, stop
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
-from budget_proxy.policy_files import load_at_startup
+from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
 from budget_proxy.price_update import prices_ctx
 from budget_proxy.pricing import PriceBook
 from budget_proxy.proxy import Proxy
@@ -114,13 +115,20 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Policy files reconciled into the store (an invalid file refuses start-up), the default
     budget, virtual keys on the proxy, and the loops that expire allocations and converge the
-    key ring across replicas."""
+    key ring across replicas. With the store down at start-up, the store work retries in the
+    background until the store is back; meanwhile requests are served by the fail mode."""
     settings = app[SETTINGS]
-    await ensure_default_budget(app[STORE])
-    await load_at_startup(app[STORE], settings.policies_dir)
-    await app[POLICIES].refresh(force=True)
-    await app[KEYS].refresh(force=True)
+    store = app[STORE]
+    loaded = load_paths(policy_dirs(settings.policies_dir))  # a bad file is a config error
     app[PROXY].identify_key = app[KEYS].identify
+    seeded = app[STORE_SEEDED]
+
+    async def seed() -> None:
+        await ensure_default_budget(store)
+        await apply_at_startup(store, loaded)
+        await app[POLICIES].refresh(force=True)
+        await app[KEYS].refresh(force=True)
+        seeded.set()
 
     tasks = [
         asyncio.create_task(every(settings.reaper_interval_s, app[ALLOCATIONS].sweep,
@@ -128,8 +136,32 @@ async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(POLICY_POLL_INTERVAL_S, app[KEYS].refresh,
                                   "virtual key refresh"), name="key-poll"),
     ]
+    try:
+        await seed()
+    except StoreError as exc:
+        log.error("budget store unavailable at start-up (%s): serving with fail mode %s; "
+                  "default budget, policy files and keys are applied when it is back",
+                  exc, settings.fail_mode)
+        tasks.append(asyncio.create_task(_retry_until_done(seed, "start-up store work"),
+                                         name="startup-seed"))
     yield
     await stop(tasks)
+
+
+async def _retry_until_done(action: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run `action` until it completes, once per `POLICY_POLL_INTERVAL_S` while it fails."""
+    while True:
+        await asyncio.sleep(POLICY_POLL_INTERVAL_S)
+        try:
+            await action()
+        except StoreError as exc:
+            log.debug("%s: store still unavailable: %s", what, exc)
+            continue
+        except Exception:
+            log.exception("%s failed; retrying", what)
+            continue
+        log.warning("%s done: the budget store is back", what)
+        return
 
 
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -186,6 +218,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                                    reservation_ttl_s=settings.reservation_ttl_s,
                                    events=app[EVENTS])
     app[KEYS] = KeyRing(app[STORE])
+    app[STORE_SEEDED] = asyncio.Event()
     app.cleanup_ctx.extend([_store_ctx, _redis_ctx, _http_ctx, _admin_ctx, _loops_ctx,
                             _observe_ctx])
     app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
@@ -199,10 +232,22 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     return app
 
 
+async def _log_summary(app: web.Application) -> None:
+    """One block at start-up saying how this proxy is set up (no secret in it)."""
+    settings = app[SETTINGS]
+    policies = ([p.policy_id for p in app[POLICIES].policies] if app[STORE_SEEDED].is_set()
+                else None)
+    for line in logs.startup_summary(settings, policies):
+        log.info("start-up: %s", line)
+    if settings.open_admin:
+        log.warning("start-up: BUDGET_ALLOW_OPEN_ADMIN=true: the admin API on %s has NO "
+                    "token: anyone who can reach this port can change or delete budgets",
+                    settings.host)
+
+
 def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+    logs.install(settings.log_level)
+    app = create_app(settings)
+    app.on_startup.append(_log_summary)  # after the cleanup contexts: policies are loaded
+    web.run_app(app, host=settings.host, port=settings.port,
                 access_log=None, print=lambda msg: log.info("%s", msg.strip()))
