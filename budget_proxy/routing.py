@@ -51,11 +51,14 @@ ATTRIBUTION_HEADERS = (
 )
 MAX_ATTRIBUTION_CHARS = 256
 
-# RFC 3986 pchar: unreserved, sub-delims, ':' and '@', or a percent-escape; no empty segment
-_CANONICAL = re.compile(r"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+)+")
-_DOT_SEGMENT = re.compile(r"/\.\.?(?=/|$)")
 # encoded '/', '\', '.', '%' (re-decoded by some upstreams) and control characters
 _FORBIDDEN_ESCAPE = re.compile(r"%(?:2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
+_DOT_SEGMENT = re.compile(r"/\.\.?(?=/|$)")
+# One pass: segments of RFC 3986 pchars (unreserved, sub-delims, ':' and '@') or allowed
+# percent-escapes, none empty, none '.' or '..'.
+_CANONICAL = re.compile(
+    r"(?:/(?!\.\.?(?:/|$))(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]"
+    r"|%(?!2[EeFf5]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])[0-9A-Fa-f]{2})+)+")
 _PCHAR = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]")
 _ID_LIKE = re.compile(r"\d|%|^.{33,}$")
 _QUERY_SAFE = "!$&'()*+,;=:@/?%"
@@ -90,10 +93,15 @@ class Classified:
     reason: str = ""
 
 
+FREE = Classified(RouteClass.FREE)
+_METERED = {kind: Classified(RouteClass.METERED, endpoint=kind)
+            for kind in (*OPENAI_ENDPOINTS.values(), *ANTHROPIC_ENDPOINTS.values(),
+                         *GEMINI_METHODS.values())}
+
+
 def path_problem(raw_path: str) -> str | None:
     """Why a raw request path is not canonical, or None when it is."""
-    if _CANONICAL.fullmatch(raw_path) and not _DOT_SEGMENT.search(raw_path) and (
-            not _FORBIDDEN_ESCAPE.search(raw_path)):
+    if _CANONICAL.fullmatch(raw_path):
         return None
     if not raw_path.startswith("/"):
         return "the path must start with '/'"
@@ -173,14 +181,14 @@ def classify(api: str, method: str, path: str, *, websocket: bool = False) -> Cl
         return Classified(RouteClass.REFUSED, reason="a WebSocket upgrade (realtime) is not "
                           "metered")
     if method in FREE_METHODS:
-        return Classified(RouteClass.FREE)
+        return FREE
     if method != "POST":
         return Classified(RouteClass.REFUSED, reason=f"method {method} is not metered")
     kind = endpoint_kind(api, path)
     if kind is not None:
-        return Classified(RouteClass.METERED, endpoint=kind)
+        return _METERED[kind]
     if is_free_post(api, path):
-        return Classified(RouteClass.FREE)
+        return FREE
     if _is_batch(api, path):
         return Classified(RouteClass.REFUSED, reason="batch jobs are not metered")
     if api == "openai" and (path == "realtime" or path.startswith("realtime/")):
