@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -16,6 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from budget_proxy.api.common import token_role
 from budget_proxy.config import Settings
 from budget_proxy.models import NUSD_PER_USD, UsageRecord, nusd_to_usd
 from budget_proxy.reporting import window_label, window_start
@@ -28,20 +28,16 @@ CHART_SERIES_MAX = 8  # the largest groups get their own series; the rest are su
 OTHER = "other"
 
 
-def _same(presented: str, expected: str | None) -> bool:
-    return bool(presented) and expected is not None and hmac.compare_digest(
-        presented.encode(), expected.encode())
-
-
 def role_of(presented: str, settings: Settings) -> Role:
-    """What a caller with this token may do, by `budget_proxy.api.common.auth_middleware`'s
-    rules: no admin token configured means anyone may act; no viewer token means anyone may
-    read; otherwise the token decides."""
-    if settings.admin_token is None or _same(presented, settings.admin_token):
-        return "admin"
-    if settings.viewer_token is None or _same(presented, settings.viewer_token):
-        return "viewer"
-    return "none"
+    """What a caller with this token may do on the page. The admin API's token rules
+    (`api.common.token_role`), with the WebSockets' rule on top: with any token configured,
+    reading (the live events included) needs one, so the page asks for it."""
+    if settings.admin_token is None and settings.viewer_token is None:
+        return "admin"  # an open proxy: anyone may act
+    role = token_role(presented, settings)
+    if role != "none" and settings.admin_token is None:
+        return "admin"  # mutations are open; the token only opens reading
+    return role
 
 
 def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from budget_proxy import __version__
-from budget_proxy.api.common import json_response, validation_error
+from budget_proxy.api.common import json_response, presented_token, validation_error
 from budget_proxy.appkeys import METRICS, PROXY, SETTINGS, STORE
 from budget_proxy.dashboard.data import (
     REFUSAL_WINDOW_S,
@@ -67,9 +67,7 @@ def _secure(resp: web.StreamResponse) -> web.StreamResponse:
 
 
 def _role(request: web.Request) -> Role:
-    auth = request.headers.get("Authorization", "")
-    presented = auth[7:] if auth.startswith("Bearer ") else ""
-    return role_of(presented, request.app[SETTINGS])
+    return role_of(presented_token(request), request.app[SETTINGS])
 
 
 def _unauthorised() -> web.StreamResponse:
@@ -104,7 +102,8 @@ async def session(request: web.Request) -> web.StreamResponse:
     before it knows whether it needs a token."""
     settings = request.app[SETTINGS]
     return _secure(json_response({
-        "role": _role(request), "login": settings.admin_token is not None,
+        "role": _role(request),
+        "login": settings.admin_token is not None or settings.viewer_token is not None,
         "timezone": settings.timezone, "version": __version__,
         "fail_mode": settings.fail_mode, "store": request.app[STORE].kind,
     }))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from budget_proxy.config import Settings
+from budget_proxy.dashboard.data import role_of
 from budget_proxy.dashboard.server import SECURITY_HEADERS
 from tests.api.conftest import ADMIN_TOKEN, VIEWER_TOKEN
 
@@ -81,10 +83,27 @@ async def test_open_proxy_lets_anyone_act(proxy):
     assert (await proxy.api("GET", "/ui/api/summary")).status_code == 200
 
 
-async def test_admin_token_alone_leaves_reading_open(proxy_factory):
+async def test_admin_token_alone_is_needed_to_read_as_for_the_websockets(proxy_factory):
     running = await proxy_factory(admin_token=ADMIN_TOKEN)
     session = (await running.api("GET", "/ui/api/session")).json()
-    assert session["role"] == "viewer" and session["login"] is True
+    assert session["role"] == "none" and session["login"] is True
+    assert (await running.api("GET", "/ui/api/summary")).status_code == 401
+    signed = await running.api("GET", "/ui/api/session", headers=bearer(ADMIN_TOKEN))
+    assert signed.json()["role"] == "admin"
+
+
+@pytest.mark.parametrize(("admin", "viewer", "presented", "role"), [
+    (None, None, "", "admin"),
+    ("a", None, "", "none"),
+    ("a", None, "a", "admin"),
+    ("a", "v", "v", "viewer"),
+    ("a", "v", "x", "none"),
+    (None, "v", "v", "admin"),  # mutations open, reading needs the viewer token
+    (None, "v", "", "none"),
+])
+def test_role_of(admin, viewer, presented, role):
+    settings = Settings(admin_token=admin, viewer_token=viewer)
+    assert role_of(presented, settings) == role
 
 
 async def test_summary_figures_are_the_status_figures(secured):
