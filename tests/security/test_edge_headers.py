@@ -121,3 +121,13 @@ async def test_a_slow_header_client_is_cut_off(proxy_factory):
     # a client that sends its head at once is served by the same server
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.get(f"{proxy.url}/api/health")).status_code == 200
+
+
+@pytest.mark.parametrize("value", [0, -1, -1e9, 1e12, "soon", None, float("nan"), [1]])
+def test_header_timeout_setting_refuses_wrong_values(value):
+    from pydantic import ValidationError
+
+    from budget_proxy.config import Settings
+
+    with pytest.raises(ValidationError, match="header_timeout_s"):
+        Settings(header_timeout_s=value)

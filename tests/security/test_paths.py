@@ -277,3 +277,38 @@ async def test_provider_without_a_key_is_refused_at_its_route(
     # the other provider, which has its key, still works
     resp = await raw_request(proxy.url, "GET", "/anthropic/v1/models")
     assert resp.status == 200
+
+
+@pytest.mark.parametrize("target", [
+    "http://127.0.0.1:1/v1/chat/./completions",  # absolute form: the path is judged the same
+    "http://127.0.0.1:1/v1/../../admin/x",
+])
+async def test_absolute_form_targets_are_judged_by_their_path(proxy, fake, target):
+    resp = await raw_request(proxy.url, "POST", target, headers=JSON, body=CHAT)
+    assert resp.status == 400
+    assert error_code(resp, "openai") == "invalid_path"
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/" + "a/" * 50_000 + "chat/completions",  # past aiohttp's request-line limit
+    "/v1/" + "%2e%2e/" * 1000 + "admin",
+])
+async def test_huge_paths_are_refused_and_the_server_stays_up(proxy, fake, target):
+    resp = await raw_request(proxy.url, "POST", target, headers=JSON, body=CHAT)
+    assert 400 <= resp.status < 500
+    assert fake.requests == []
+    assert (await proxy.api("GET", "/api/health")).status_code == 200
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("unmetered", "maybe"), ("unmetered", ""), ("unmetered", 1), ("unmetered", None),
+    ("require_key", "perhaps"), ("require_key", [1]), ("require_key", -1),
+])
+def test_access_settings_refuse_wrong_values(field, value):
+    from pydantic import ValidationError
+
+    from budget_proxy.config import Settings
+
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
