@@ -10,6 +10,12 @@ itself, by the replay loop, or by the next start of the proxy. Applying is idemp
 settle id (`settle.lua`), so an entry applied but not yet marked done (a crash in between,
 or a reply lost to a timeout) is simply a no-op when replayed: exactly once in effect.
 
+Intents: a call forwarded without a hold (fail open, Redis down) first journals its intent,
+a settlement at its worst case with its `unsettled` usage record, under the same record id
+as its real settlement. The real settlement replaces it (the intent entry is deleted in the
+transaction that journals the settlement) and a release drops it; while the request is live
+the replay skips it. After a crash, the intent is replayed: the call is charged at its hold.
+
 The cost is one small SQLite insert per settlement on the hot path (WAL, `synchronous=NORMAL`:
 no fsync, durable across a process crash, which is what we promise); marking entries done is
 batched. The journal lives under `BUDGET_DATA_DIR` as `redis-journal.db`.
@@ -98,18 +104,40 @@ class Journal:
             raise StoreError("settlement journal is not open")
         return self._db
 
-    def append(self, settlement: Settlement) -> int:
-        """Durably record a settlement before it is applied; returns its sequence number."""
+    def append(self, settlement: Settlement, replaces: int | None = None) -> int:
+        """Durably record a settlement before it is applied; returns its sequence number.
+        `replaces`: the entry (an intent) deleted in the same transaction."""
+        db = self.db
         try:
             with self._lock:
-                cursor = self.db.execute(
-                    "INSERT INTO settlements (created_at, body) VALUES (?, ?)",
-                    (time.time(), settlement.dumps()),
-                )
-        except sqlite3.Error as exc:
+                if replaces is None:
+                    cursor = db.execute(
+                        "INSERT INTO settlements (created_at, body) VALUES (?, ?)",
+                        (time.time(), settlement.dumps()))
+                else:
+                    db.execute("BEGIN")
+                    try:
+                        cursor = db.execute(
+                            "INSERT INTO settlements (created_at, body) VALUES (?, ?)",
+                            (time.time(), settlement.dumps()))
+                        db.execute("DELETE FROM settlements WHERE seq = ?", (replaces,))
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+        except (sqlite3.Error, TypeError) as exc:  # TypeError: orjson refused a value
             raise StoreError(f"settlement journal: {exc}") from exc
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def discard(self, seq: int) -> None:
+        """Delete an entry now (an intent whose call was released: never to be charged)."""
+        try:
+            with self._lock:
+                self.db.execute("DELETE FROM settlements WHERE seq = ?", (seq,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"settlement journal: {exc}") from exc
 
     def done(self, seq: int) -> None:
         """Mark an entry applied. Batched: an entry applied but not yet removed when the
@@ -126,10 +154,15 @@ class Journal:
         try:
             with self._lock:
                 self.db.execute("BEGIN")
-                self.db.executemany("DELETE FROM settlements WHERE seq = ?",
-                                    [(seq,) for seq in done])
-                self.db.execute("COMMIT")
-        except sqlite3.Error:
+                try:
+                    self.db.executemany("DELETE FROM settlements WHERE seq = ?",
+                                        [(seq,) for seq in done])
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, StoreError):
             self._done.extend(done)  # retried at the next flush; replays are harmless
 
     def pending(self, limit: int = 500, exclude: set[int] | frozenset[int] = frozenset()

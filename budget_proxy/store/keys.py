@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import hashlib
 
+from budget_proxy.store.base import safe_text
+
 PREFIX = "bp"
 
 # --- counter groups: tag {c:<group>} ------------------------------------------------------
 # hash, fields sn/rn (spent/reserved nano-USD) and st/rt (spent/reserved tokens)
 COUNTER = PREFIX + ":{{c:{group}}}:ctr:{key}"
 # hash of one request's hold on one group: c (nano-USD), t (tokens), k (JSON list of the
-# counter keys held), d (deadline, ms). No TTL: only settle, release or the reaper delete it,
-# so a hold can never vanish while its amount is still counted as reserved.
+# counter hashes held), d (deadline, ms), i (request holds only: the intent, the JSON of the
+# `unsettled` usage record that charges the hold if its process dies). No TTL: only settle,
+# release or the reaper delete it, so a hold can never vanish while its amount is still
+# counted as reserved. Its process renews d while the request is live (renew.lua).
 RESERVATION = PREFIX + ":{{c:{group}}}:res:{reservation_id}"
 RESERVATION_PREFIX = PREFIX + ":{{c:{group}}}:res:"
 # sorted set: reservation id -> deadline (ms, Redis TIME); what the reaper scans
@@ -76,7 +80,7 @@ def counter_group(counter_key: str) -> str:
 
     Braces cannot appear inside a hash tag, so a group name with them is replaced by a digest.
     """
-    head, _, rest = counter_key.partition(":")
+    head, _, rest = safe_text(counter_key).partition(":")
     group = head
     if head in MULTI_SEGMENT_GROUPS and rest:
         group = f"{head}:{rest.partition(':')[0]}"
@@ -86,7 +90,13 @@ def counter_group(counter_key: str) -> str:
 
 
 def counter(counter_key: str, group: str | None = None) -> str:
-    return COUNTER.format(group=group or counter_group(counter_key), key=counter_key)
+    return COUNTER.format(group=group or counter_group(counter_key), key=safe_text(counter_key))
+
+
+def counter_key_of(counter_hash: str) -> str:
+    """The counter key a counter hash name was made from (`counter` inverted). A group has
+    at most one colon (`alloc:<id>`) and never `:ctr:`, so the first `:ctr:` ends the tag."""
+    return counter_hash.partition(":ctr:")[2]
 
 
 def reservation(group: str, reservation_id: str) -> str:
@@ -114,7 +124,7 @@ def doc_order(kind: str) -> str:
 
 
 def usage_index(field: str, value: str) -> str:
-    return USAGE_INDEX.format(field=field, value=value)
+    return USAGE_INDEX.format(field=field, value=safe_text(value))
 
 
 def usage_settled(settle_id: str) -> str:

@@ -18,7 +18,18 @@
   make an unreachable Redis a fast `StoreError`; every Redis error is wrapped in
   `StoreError`. Settlements are journaled locally before they are applied
   (`budget_proxy.store.journal`), so none is lost when Redis or the proxy dies; the journal
-  is replayed exactly once (settle is idempotent by record id).
+  is replayed exactly once (settle is idempotent by record id). A call forwarded without a
+  hold (fail open) journals its intent first, which its settlement replaces.
+- **Holds of dead processes are charged.** A request hold carries its intent (the
+  `unsettled` usage record); its process renews it (`renew.lua`, one call per counter group
+  every third of the TTL) while the request is live, so a hold past its deadline belongs to a
+  dead process: the reaper (any replica) charges it at its held amounts with that record,
+  through the journal and `settle.lua`, exactly once by record id (the real settlement,
+  replayed from a journal, and the charge share the id: whichever comes first wins).
+  Holds without an intent (allocations) are released at their deadline, as before. On a
+  cluster a request spanning several groups is charged group by group; in the rare race of
+  its real settlement with the charge of one group, the record may show the hold while the
+  counters of the other groups show the actual amounts (never twice, never lost).
 - **Replicas.** Config documents move a version key and a notice is published; `background`
   runs the pub/sub listener (config notices, events of other replicas), journal replay and
   clock sync for the application.
@@ -28,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.resources
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -60,7 +73,18 @@ from budget_proxy.enforcement import CounterLine, ReserveResult, Totals
 from budget_proxy.logs import redact_url
 from budget_proxy.models import UsageRecord
 from budget_proxy.store import keys as K
-from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
+from budget_proxy.store.base import (
+    MAX_AMOUNT_NUSD,
+    MAX_AMOUNT_TOKENS,
+    LiveHold,
+    Reservation,
+    Store,
+    StoreError,
+    UsageQuery,
+    bounded,
+    storable_record,
+    unsettled_record,
+)
 from budget_proxy.store.journal import Journal, Settlement, SettlementJournaled
 
 if TYPE_CHECKING:
@@ -69,13 +93,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCRIPTS = ("reserve", "settle", "release", "reap", "doc_put", "doc_delete")
+SCRIPTS = ("reserve", "settle", "release", "reap", "renew", "doc_put", "doc_delete")
 CONNECT_TIMEOUT_S = 0.5  # a dead or unroutable Redis answers StoreError this fast ...
 OP_TIMEOUT_S = 1.0  # ... and a hung one this fast (URL query arguments override both)
 CLOCK_SYNC_INTERVAL_S = 30.0
 REPLAY_INTERVAL_S = 0.5
 MAX_INFLIGHT = 64  # Redis operations at once per process; more wait (connections stay bounded)
 REAP_BATCH = 1000
+REAP_LEASE_MS = 30_000  # a dead hold handed to one reaper is not handed to another this long
 EVENT_BATCH_S = 0.02  # events relayed to other replicas travel in batches this often
 USAGE_PAGE = 500
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
@@ -133,6 +158,8 @@ class _Circuit:
 
 class RedisStore(Store):
     kind = "redis"
+    backend_errors = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError,
+                      sqlite3.Error)
 
     def __init__(
         self,
@@ -143,6 +170,7 @@ class RedisStore(Store):
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         op_timeout_s: float = OP_TIMEOUT_S,
     ) -> None:
+        super().__init__()
         self.url, self.cluster = parse_redis_url(url)
         self.fail_mode = fail_mode
         self.connect_timeout_s = connect_timeout_s
@@ -157,6 +185,8 @@ class RedisStore(Store):
         self._clock_offset_s = 0.0
         self._known_groups: set[str] = set()
         self._inflight: set[int] = set()  # journal entries being applied right now
+        self._intents: dict[str, int] = {}  # reservation id -> journaled intent of a live call
+        self._releasing: dict[str, Reservation] = {}  # releases that failed: retried
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(MAX_INFLIGHT)
         self._outbox: list[dict[str, Any]] = []  # events waiting for the next relay batch
@@ -276,7 +306,7 @@ class RedisStore(Store):
         await self._remember_groups([g for g, _ in groups])
         rid = reservation.reservation_id
         common = [rid, reservation.cost_nusd, reservation.tokens, max(1, round(ttl_s * 1000)),
-                  K.COUNTER_IDLE_S * 1000]
+                  K.COUNTER_IDLE_S * 1000, reservation.intent or ""]
         totals: list[Totals | None] = [None] * len(lines)
         held: list[tuple[str, list[int]]] = []
         for group, indexes in groups:
@@ -315,6 +345,7 @@ class RedisStore(Store):
                             totals[i] = t
                 return ReserveResult(False, tuple(t or Totals() for t in totals), indexes[refused])
             held.append((group, indexes))
+        self._track(reservation, ttl_s)
         return ReserveResult(True, tuple(t or Totals() for t in totals))
 
     async def _compensate(self, reservation: Reservation, held: list[tuple[str, list[int]]]
@@ -335,29 +366,57 @@ class RedisStore(Store):
         return int(await self._script("release", script_keys, [rid]))
 
     async def release(self, reservation: Reservation) -> None:
-        for group, indexes in self._groups(reservation.keys):
-            await self._release_group(reservation, group, indexes)
+        rid = reservation.reservation_id
+        intent = self._intents.pop(rid, None)
+        if intent is not None:
+            self.journal.discard(intent)
+        try:
+            for group, indexes in self._groups(reservation.keys):
+                await self._release_group(reservation, group, indexes)
+        except StoreError:
+            # kept live (renewed) and retried with the renewals: a failed release must not
+            # turn into a charge of the hold by the reaper
+            self._releasing[rid] = reservation
+            raise
+        self._releasing.pop(rid, None)
+        self._untrack(rid)
+
+    async def keep_intent(self, reservation: Reservation) -> None:
+        record, body = storable_record(unsettled_record(reservation))
+        self._intents[reservation.reservation_id] = self.journal.append(Settlement(
+            settle_id=record.record_id, reservation_id=reservation.reservation_id,
+            keys=reservation.keys, cost_nusd=reservation.cost_nusd, tokens=reservation.tokens,
+            record_json=body, record_ts_s=record.timestamp.timestamp()))
 
     async def settle(
         self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
     ) -> bool:
+        body = None
+        if record is not None:
+            record, body = storable_record(record)
         settlement = Settlement(
             settle_id=record.record_id if record else reservation.reservation_id,
             reservation_id=reservation.reservation_id, keys=tuple(reservation.keys),
-            cost_nusd=cost_nusd, tokens=tokens,
-            record_json=record.model_dump_json() if record else None,
-            record_ts_s=record.timestamp.timestamp() if record else 0.0,
+            cost_nusd=bounded(cost_nusd, MAX_AMOUNT_NUSD),
+            tokens=bounded(tokens, MAX_AMOUNT_TOKENS),
+            record_json=body, record_ts_s=record.timestamp.timestamp() if record else 0.0,
         )
+        return await self._settle(settlement, self._intents.pop(reservation.reservation_id, None))
+
+    async def _settle(self, settlement: Settlement, replaces: int | None = None,
+                      whole: bool = True) -> bool:
+        """Journal (replacing the call's intent, if any), then apply; the hold stays live
+        (renewed) until the settlement is applied, here or by the replay."""
         # write-ahead: from here on a SIGKILL of this process cannot lose the settlement
         try:
-            seq: int | None = self.journal.append(settlement)
+            seq: int | None = self.journal.append(settlement, replaces)
         except StoreError as exc:
             log.error("could not journal settlement %s: %s", settlement.settle_id, exc)
             seq = None
         if seq is not None:
             self._inflight.add(seq)
         try:
-            applied = await self._apply(settlement)
+            applied = await self._apply(settlement, whole)
         except StoreError as exc:
             if seq is None:
                 raise
@@ -366,12 +425,15 @@ class RedisStore(Store):
         finally:
             if seq is not None:
                 self._inflight.discard(seq)
+        self._untrack(settlement.reservation_id)
         if seq is not None:
             self.journal.done(seq)
         return applied
 
-    async def _apply(self, s: Settlement) -> bool:
-        """Apply a settlement; idempotent, so a replay of an applied one changes nothing."""
+    async def _apply(self, s: Settlement, whole: bool = True) -> bool:
+        """Apply a settlement; idempotent, so a replay of an applied one changes nothing.
+        `whole=False`: the charge of one group's dead hold (cluster), which must be applied
+        to that group even when another group's charge already wrote the record."""
         groups = self._groups(s.keys)
         record_keys: list[str] = []
         if s.record_json is not None:
@@ -380,7 +442,11 @@ class RedisStore(Store):
                 K.usage_index(field, str(doc[field])) for field in K.USAGE_INDEX_FIELDS
                 if doc.get(field) is not None
             ]
-        record_args = [s.record_json or "", s.record_ts_s]
+        # the dedupe key's value: replays of this settlement match it, another settlement of
+        # the same id (the real one vs the charge of its dead hold) does not
+        token = hashlib.blake2b((s.record_json or f"{s.cost_nusd}:{s.tokens}").encode(),
+                                digest_size=8).hexdigest()
+        record_args = [s.record_json or "", s.record_ts_s, token]
         idle_ms = K.COUNTER_IDLE_S * 1000
         dedupe_ms = K.SETTLED_TTL_S * 1000
         base = [s.settle_id, s.reservation_id, s.cost_nusd, s.tokens]
@@ -395,24 +461,28 @@ class RedisStore(Store):
                 has_res = 1
             args = [*base, len(s.keys), has_res, 0 if record_keys else dedupe_ms, idle_ms,
                     *record_args]
-            return bool(await self._script("settle", script_keys + record_keys, args))
+            return int(await self._script("settle", script_keys + record_keys, args)) == 1
 
         # cluster: one script per group, then the record (written last, so an existing
-        # record means the whole settlement was applied before)
-        if record_keys and await self._redis(
+        # record means the whole settlement was applied before), and only by the settlement
+        # that won a group (1) or a replay of it (2): of the real settlement and the charge of
+        # its dead hold, only the one whose amounts were counted writes its record
+        if whole and record_keys and await self._redis(
                 lambda: self.client.hexists(K.USAGE_RECORDS, s.settle_id)):
             return False
-        applied = False
+        applied = mine = False
         for group, indexes in groups:
             script_keys = [K.settled(group, s.settle_id),
                            *(K.counter(s.keys[i]) for i in indexes),
                            K.reservation(group, s.reservation_id), K.deadlines(group)]
-            args = [*base, len(indexes), 1, dedupe_ms, idle_ms, "", 0]
-            applied |= bool(await self._script("settle", script_keys, args))
-        if record_keys or not groups:
+            args = [*base, len(indexes), 1, dedupe_ms, idle_ms, "", 0, token]
+            reply = int(await self._script("settle", script_keys, args))
+            applied |= reply == 1
+            mine |= reply in (1, 2)
+        if (record_keys and mine) or not groups:
             args = [*base, 0, 0, 0 if record_keys else dedupe_ms, idle_ms, *record_args]
-            applied |= bool(await self._script(
-                "settle", [K.usage_settled(s.settle_id), *record_keys], args))
+            applied |= int(await self._script(
+                "settle", [K.usage_settled(s.settle_id), *record_keys], args)) == 1
         return applied
 
     async def replay_journal(self, batch: int = 500) -> int:
@@ -420,13 +490,15 @@ class RedisStore(Store):
         fails; returns how many were applied. Safe to run concurrently with settles."""
         replayed = 0
         while True:
-            entries = self.journal.pending(batch, exclude=self._inflight)
+            live_intents = set(self._intents.values())  # calls of this process still running
+            entries = self.journal.pending(batch, exclude=self._inflight | live_intents)
             for seq, settlement in entries:
                 self._inflight.add(seq)
                 try:
                     await self._apply(settlement)
                 finally:
                     self._inflight.discard(seq)
+                self._untrack(settlement.reservation_id)
                 self.journal.done(seq)
                 replayed += 1
             if len(entries) < batch:
@@ -447,15 +519,50 @@ class RedisStore(Store):
         return [Totals(*(int(v or 0) for v in row)) for row in rows]
 
     async def reap_expired(self) -> int:
-        members = set(await self._redis(lambda: self.client.smembers(K.GROUPS)))
+        members = {str(g) for g in await self._redis(lambda: self.client.smembers(K.GROUPS))}
         if self._known_groups - members:  # re-register (Redis lost the set): self-healing
             missing = list(self._known_groups - members)
             await self._redis(lambda: self.client.sadd(K.GROUPS, *missing))
-        released = 0
-        for group in sorted(members | self._known_groups):
-            released += int(await self._script(
-                "reap", [K.deadlines(group)], [K.reservation_prefix(group), REAP_BATCH]))
-        return released
+            members |= self._known_groups
+        done = 0
+        for group in sorted(members):
+            reply = await self._script(
+                "reap", [K.deadlines(group)], [K.reservation_prefix(group), REAP_BATCH,
+                                               REAP_LEASE_MS])
+            done += int(reply[0])
+            for i in range(1, len(reply), 5):
+                rid, cost, tokens, held, intent = reply[i:i + 5]
+                keys = tuple(K.counter_key_of(k) for k in orjson.loads(held))
+                dead = Reservation(rid, keys, int(cost), int(tokens), intent)
+                done += await self._charge(dead)
+        return done
+
+    async def _charge(self, dead: Reservation) -> bool:
+        """Charge a dead process's hold on one group at its held amounts, with its
+        `unsettled` record: journaled, then applied exactly once by record id."""
+        record, body = storable_record(unsettled_record(dead))
+        log.warning("charging hold %s of a dead process as unsettled usage",
+                    dead.reservation_id)
+        return await self._settle(Settlement(
+            settle_id=record.record_id, reservation_id=dead.reservation_id, keys=dead.keys,
+            cost_nusd=dead.cost_nusd, tokens=dead.tokens, record_json=body,
+            record_ts_s=record.timestamp.timestamp()), whole=False)
+
+    async def _renew(self, holds: list[LiveHold]) -> int:
+        """One renew.lua call per (counter group, TTL); failed releases are retried first."""
+        for reservation in list(self._releasing.values()):
+            with contextlib.suppress(StoreError):
+                await self.release(reservation)
+        by_group: dict[tuple[str, int], list[str]] = {}
+        for hold in holds:
+            ttl_ms = max(1, round(hold.ttl_s * 1000))
+            for group, _ in self._groups(hold.reservation.keys):
+                by_group.setdefault((group, ttl_ms), []).append(hold.reservation.reservation_id)
+        renewed = await asyncio.gather(*(
+            self._script("renew", [K.deadlines(group)],
+                         [K.reservation_prefix(group), ttl_ms, *rids])
+            for (group, ttl_ms), rids in by_group.items()))
+        return sum(int(n) for n in renewed)
 
     # documents --------------------------------------------------------------------------
     async def _put(self, kind: str, doc_id: str, body: str, only_if_absent: bool,
@@ -474,7 +581,8 @@ class RedisStore(Store):
         return await self._put(kind, doc_id, body, True, False)
 
     async def get_doc(self, kind: str, doc_id: str) -> str | None:
-        return await self._redis(lambda: self.client.hget(K.docs(kind), doc_id))
+        body = await self._redis(lambda: self.client.hget(K.docs(kind), doc_id))
+        return None if body is None else str(body)
 
     async def list_docs(self, kind: str) -> list[str]:
         async def read() -> list[Any]:
@@ -524,7 +632,7 @@ class RedisStore(Store):
                     ids = await self.client.zrangebyscore(index, low, high, start, count)
                 if not ids:
                     return []
-                return await self.client.hmget(K.USAGE_RECORDS, ids)
+                return await self.client.hmget(K.USAGE_RECORDS, [str(i) for i in ids])
             return [b for b in await self._redis(read) if b is not None]
 
         if not rest:
@@ -549,7 +657,7 @@ class RedisStore(Store):
     # operations ---------------------------------------------------------------------------
     async def check_server_config(self) -> list[str]:
         """Warnings about Redis settings that put budgets at risk (empty when all is well)."""
-        async def read() -> list[dict[str, str]]:
+        async def read() -> list[dict[str, str | None]]:
             names = ("appendonly", "maxmemory-policy")  # one per call: Redis < 7 takes one
             if isinstance(self.client, RedisCluster):
                 client = self.client

@@ -4,31 +4,54 @@ One process owns the database. Counter totals are mirrored in memory and every m
 applied to memory in one synchronous step on the event loop (no `await` in between), so a
 reservation's check-and-add is atomic with respect to every other request of this process.
 
-Durability: a settlement (usage record plus spend) is one SQLite transaction, committed before
-the settlement completes; WAL with `synchronous=NORMAL` keeps committed transactions across a
-crash of the process (SIGKILL). Reservations are held in memory and checkpointed to SQLite
-every `CHECKPOINT_INTERVAL_S` (a write per request would double the store's cost on the hot
-path): after a crash, holds older than that come back and the reaper releases them at their
-deadline; a younger hold is simply released at once, which frees budget, never overspends.
+Durability (WAL with `synchronous=NORMAL`: a committed transaction survives a SIGKILL of the
+process; no fsync per request). Writes go through one group commit: the holds, settlements
+and releases queued in one loop iteration share one transaction, and each call returns only
+once its transaction has committed.
+- `reserve` returns after the hold row (with its intent) is committed: a request is never
+  forwarded without a durable trace.
+- `settle` writes the usage record and the spend and deletes the hold row in one transaction.
+- At start-up every request hold row left belongs to a dead process (one process owns the
+  database): each is charged at its hold with its `unsettled` record, in one transaction.
+  Allocation holds (no intent) are restored and released at their deadline.
+- One bad write never stalls or rolls back another: when a batch fails, each of its writes
+  is retried alone, so only the bad one fails (with StoreError); no transaction is ever left
+  open. Text that cannot be encoded is escaped and amounts are clamped before they get here
+  (`base.safe_text`, `base.storable_record`, `Reservation`), so a real call is never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from budget_proxy.enforcement import CounterLine, ReserveResult, Totals, would_refuse
 from budget_proxy.models import UsageRecord
-from budget_proxy.store.base import Reservation, Store, StoreError, UsageQuery
+from budget_proxy.store.base import (
+    MAX_AMOUNT_NUSD,
+    MAX_AMOUNT_TOKENS,
+    LiveHold,
+    Reservation,
+    Store,
+    StoreError,
+    UsageQuery,
+    bounded,
+    safe_text,
+    storable_record,
+    unsettled_record,
+)
 
-CHECKPOINT_INTERVAL_S = 0.5  # how often in-memory reservations are written to SQLite
-GROUP_COMMIT_MAX = 500  # settlements in one transaction at most (bounds one query's variables)
+log = logging.getLogger(__name__)
+
+GROUP_COMMIT_MAX = 500  # writes in one transaction at most (bounds one query's variables)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
@@ -41,7 +64,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     keys TEXT NOT NULL,
     cost_nusd INTEGER NOT NULL,
     tokens INTEGER NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    intent TEXT
 );
 CREATE TABLE IF NOT EXISTS docs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,81 +89,110 @@ CREATE INDEX IF NOT EXISTS usage_ts ON usage_records (ts);
 """
 
 
+@dataclass(slots=True)
+class _Hold:
+    """Write a hold row."""
+
+    reservation: Reservation
+    expires_at: float
+    future: asyncio.Future[bool] | None
+
+
+@dataclass(slots=True)
+class _Settle:
+    """Write a settlement: record, spend, and the hold row gone."""
+
+    reservation: Reservation
+    cost_nusd: int
+    tokens: int
+    record: UsageRecord | None
+    record_json: str
+    future: asyncio.Future[bool] | None = None
+
+    @classmethod
+    def of(cls, reservation: Reservation, cost_nusd: int, tokens: int,
+           record: UsageRecord | None) -> _Settle:
+        """A settlement with amounts clamped and the record made storable."""
+        body = ""
+        if record is not None:
+            record, body = storable_record(record)
+        return cls(reservation, bounded(cost_nusd, MAX_AMOUNT_NUSD),
+                   bounded(tokens, MAX_AMOUNT_TOKENS), record, body)
+
+
+@dataclass(slots=True)
+class _Drop:
+    """Delete a hold row (release, expiry)."""
+
+    reservation_id: str
+    future: asyncio.Future[bool] | None
+
+
+_Write = _Hold | _Settle | _Drop
+
+
 class SqliteStore(Store):
     kind = "embedded"
+    backend_errors = (sqlite3.Error,)
 
     def __init__(self, data_dir: Path) -> None:
+        super().__init__()
         self.path = Path(data_dir) / "budget.db"
         self._db: sqlite3.Connection | None = None
         # key -> [spent_nusd, reserved_nusd, spent_tokens, reserved_tokens]
         self._counters: dict[str, list[int]] = {}
         self._reservations: dict[str, tuple[Reservation, float]] = {}
-        self._reservations_dirty = False
-        self._pending: list[
-            tuple[Reservation, int, int, UsageRecord | None, asyncio.Future[bool]]] = []
-        self._checkpointer: asyncio.Task[None] | None = None
+        self._pending: list[_Write] = []
         self._version = 0
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
-        self._db = db
-        counters = db.execute("SELECT key, spent_nusd, spent_tokens FROM counters")
-        for key, spent, spent_tokens in counters:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
+            if "intent" not in columns:  # a database from before intents
+                db.execute("ALTER TABLE reservations ADD COLUMN intent TEXT")
+            self._db = db
+            charged = self._charge_dead_holds(db)
+        except BaseException:
+            self._db = None
+            db.close()
+            raise
+        if charged:
+            log.warning("charged %d holds of a dead process as unsettled usage", charged)
+        for key, spent, spent_tokens in db.execute(
+                "SELECT key, spent_nusd, spent_tokens FROM counters"):
             self._counters[key] = [spent, 0, spent_tokens, 0]
-        rows = db.execute(
-            "SELECT reservation_id, keys, cost_nusd, tokens, expires_at FROM reservations"
-        )
-        for rid, keys, cost, tokens, expires_at in rows:
+        rows = db.execute("SELECT reservation_id, keys, cost_nusd, tokens, expires_at "
+                          "FROM reservations")
+        for rid, keys, cost, tokens, expires_at in rows:  # allocation holds: kept
             res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens)
             self._hold(res, +1)
             self._reservations[rid] = (res, expires_at)
         row = db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
         self._version = row[0] if row else 0
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop())
+
+    def _charge_dead_holds(self, db: sqlite3.Connection) -> int:
+        """Charge every request hold row (it belongs to a dead process) at its hold, with
+        its `unsettled` record, and delete it: one transaction."""
+        rows = db.execute("SELECT reservation_id, keys, cost_nusd, tokens, intent "
+                          "FROM reservations WHERE intent IS NOT NULL").fetchall()
+        writes: list[_Write] = []
+        for rid, keys, cost, tokens, intent in rows:
+            res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens, intent)
+            writes.append(_Settle.of(res, res.cost_nusd, res.tokens, unsettled_record(res)))
+        if writes:
+            self._commit(db, writes)
+        return len(writes)
 
     async def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
-            self._checkpointer = None
         if self._db is not None:
-            self._flush_settlements()
-            self.checkpoint()
+            self._flush()
             self._db.close()
             self._db = None
-
-    async def _checkpoint_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-            try:
-                self.checkpoint()
-            except StoreError:
-                pass  # retried next round; holds stay correct in memory
-
-    def checkpoint(self) -> None:
-        """Write the open reservations to SQLite (replacing the previous checkpoint)."""
-        if not self._reservations_dirty:
-            return
-        rows = [
-            (rid, orjson.dumps(list(res.keys)).decode(), res.cost_nusd, res.tokens, expires_at)
-            for rid, (res, expires_at) in self._reservations.items()
-        ]
-        db = self.db
-        try:
-            db.execute("BEGIN")
-            db.execute("DELETE FROM reservations")
-            db.executemany("INSERT INTO reservations VALUES (?, ?, ?, ?, ?)", rows)
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise StoreError(str(exc)) from exc
-        self._reservations_dirty = False
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -151,7 +204,10 @@ class SqliteStore(Store):
     def _counter(self, key: str) -> list[int]:
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = [0, 0, 0, 0]
+            key = safe_text(key)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = [0, 0, 0, 0]
         return counter
 
     def _hold(self, res: Reservation, sign: int) -> None:
@@ -173,10 +229,14 @@ class SqliteStore(Store):
                 return ReserveResult(False, tuple(current), index)
         if self._db is None:
             raise StoreError("embedded store is not open")
-        self._hold(reservation, +1)
-        self._reservations[reservation.reservation_id] = (reservation, time.time() + ttl_s)
-        self._reservations_dirty = True
-        return ReserveResult(True, tuple(self._totals(self._counters[k]) for k in reservation.keys))
+        rid = reservation.reservation_id
+        self._hold(reservation, +1)  # in memory now: atomic with the check above
+        expires_at = time.time() + ttl_s
+        self._reservations[rid] = (reservation, expires_at)
+        totals = tuple(self._totals(self._counter(k)) for k in reservation.keys)
+        await self._queue(_Hold(reservation, expires_at, None))  # durable before forwarding
+        self._track(reservation, ttl_s)
+        return ReserveResult(True, totals)
 
     async def settle(
         self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
@@ -185,54 +245,103 @@ class SqliteStore(Store):
         transaction and one statement per table, so a burst pays one commit, not one each;
         each still returns only once its transaction has committed. (Waiting a few ms to batch
         more measured worse: the flush then lands in the middle of the next request.)"""
+        return await self._queue(_Settle.of(reservation, cost_nusd, tokens, record))
+
+    def _queue(self, write: _Write) -> asyncio.Future[bool]:
+        """Queue one write for the next group commit; its future resolves once committed."""
         if self._db is None:
             raise StoreError("embedded store is not open")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((reservation, cost_nusd, tokens, record, future))
+        write.future = loop.create_future()
+        self._pending.append(write)
         if len(self._pending) == 1:
-            loop.call_soon(self._flush_settlements)
+            loop.call_soon(self._flush)
         elif len(self._pending) >= GROUP_COMMIT_MAX:
-            self._flush_settlements()
-        return await future
+            self._flush()
+        return write.future
 
-    def _flush_settlements(self) -> None:
+    def _flush(self) -> None:
+        """Commit the queued writes in one transaction; if that fails, each alone, so one bad
+        write fails by itself and every other commits. Never raises: every future resolves."""
         batch, self._pending = self._pending, []
         if not batch:
             return
         try:
-            db = self.db
-            db.execute("BEGIN")
-            applied = self._write_batch(db, batch)
-            db.execute("COMMIT")
-        except (sqlite3.Error, StoreError) as exc:
-            if self._db is not None and self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(StoreError(str(exc)))
+            results = self._commit(self.db, batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._failed(batch[0], exc)
+                return
+            log.warning("group commit of %d writes failed (%s); writing each alone",
+                        len(batch), exc)
+            for write in batch:
+                try:
+                    (result,) = self._commit(self.db, [write])
+                except Exception as one:
+                    self._failed(write, one)
+                else:
+                    self._done(write, result)
             return
-        for (reservation, cost_nusd, tokens, _, future), done in zip(batch, applied, strict=True):
-            if done:
-                self._apply_settlement(reservation, cost_nusd, tokens)
-            if not future.done():
-                future.set_result(done)
+        for write, result in zip(batch, results, strict=True):
+            self._done(write, result)
 
-    def _write_batch(
-        self, db: sqlite3.Connection,
-        batch: list[tuple[Reservation, int, int, UsageRecord | None, asyncio.Future[bool]]],
-    ) -> list[bool]:
-        """Write a batch inside the open transaction: which of its settlements were new."""
-        ids = [rec.record_id for _, _, _, rec, _ in batch if rec is not None]
+    def _done(self, write: _Write, result: bool) -> None:
+        if isinstance(write, _Settle) and result:
+            self._apply_settlement(write.reservation, write.cost_nusd, write.tokens)
+        if write.future is not None and not write.future.done():
+            write.future.set_result(result)
+
+    def _failed(self, write: _Write, exc: Exception) -> None:
+        log.error("embedded store write failed: %s: %s", type(exc).__name__, exc)
+        if isinstance(write, _Hold):  # never durable: the request is not forwarded on it
+            self._drop(write.reservation.reservation_id)
+        if write.future is not None and not write.future.done():
+            write.future.set_exception(StoreError(f"{type(exc).__name__}: {exc}"))
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection, batch: list[_Write]) -> list[bool]:
+        """One transaction for the batch; rolled back on any error (never left open)."""
+        db.execute("BEGIN")
+        try:
+            results = SqliteStore._write_batch(db, batch)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _write_batch(db: sqlite3.Connection, batch: list[_Write]) -> list[bool]:
+        """Write a batch inside the open transaction: for settlements, which were new."""
+        holds = [w for w in batch if isinstance(w, _Hold)]
+        if holds:
+            db.executemany(
+                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?)",
+                [(h.reservation.reservation_id, orjson.dumps(h.reservation.keys).decode(),
+                  h.reservation.cost_nusd, h.reservation.tokens, h.expires_at,
+                  h.reservation.intent) for h in holds])
+        ids = [w.record.record_id for w in batch if isinstance(w, _Settle) and w.record]
         seen: set[str] = set()
         if ids:
             marks = ",".join("?" * len(ids))
             seen = {row[0] for row in db.execute(
                 f"SELECT record_id FROM usage_records WHERE record_id IN ({marks})", ids)}
-        applied: list[bool] = []
+        results: list[bool] = []
         rows: list[tuple[object, ...]] = []
         deltas: dict[str, list[int]] = {}
-        for reservation, cost_nusd, tokens, record, _ in batch:
+        gone: list[tuple[str]] = []
+        for write in batch:
+            if isinstance(write, _Hold):
+                results.append(True)
+                continue
+            if isinstance(write, _Drop):
+                gone.append((write.reservation_id,))
+                results.append(True)
+                continue
+            reservation, record = write.reservation, write.record
+            gone.append((reservation.reservation_id,))
             if record is None:  # a settlement without a record (allocations): rare, one by one
                 new = bool(db.execute(
                     "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
@@ -241,13 +350,13 @@ class SqliteStore(Store):
                 new = record.record_id not in seen
                 if new:
                     seen.add(record.record_id)
-                    rows.append(_usage_row(record))
-            applied.append(new)
+                    rows.append(_usage_row(record, write.record_json))
+            results.append(new)
             if new:
                 for key in reservation.keys:
                     delta = deltas.setdefault(key, [0, 0])
-                    delta[0] += cost_nusd
-                    delta[1] += tokens
+                    delta[0] += write.cost_nusd
+                    delta[1] += write.tokens
         if rows:
             db.executemany("INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if deltas:
@@ -257,37 +366,62 @@ class SqliteStore(Store):
                 "spent_tokens = spent_tokens + excluded.spent_tokens",
                 [(key, d[0], d[1]) for key, d in deltas.items()],
             )
-        return applied
+        if gone:
+            db.executemany("DELETE FROM reservations WHERE reservation_id = ?", gone)
+        return results
 
     def _apply_settlement(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:
+        self._untrack(reservation.reservation_id)
         held = self._reservations.pop(reservation.reservation_id, None)
         if held is not None:
             self._hold(held[0], -1)
-            self._reservations_dirty = True
         for key in reservation.keys:
             counter = self._counter(key)
             counter[0] += cost_nusd
             counter[2] += tokens
 
     async def release(self, reservation: Reservation) -> None:
-        self._drop(reservation.reservation_id)
+        rid = reservation.reservation_id
+        self._untrack(rid)
+        if self._drop(rid):  # budget freed at once; the row goes in the next group commit
+            await self._queue(_Drop(rid, None))
 
     def _drop(self, reservation_id: str) -> bool:
         held = self._reservations.pop(reservation_id, None)
         if held is None:
             return False
         self._hold(held[0], -1)
-        self._reservations_dirty = True
         return True
+
+    async def _renew(self, holds: list[LiveHold]) -> int:
+        """In memory: the rows of live holds need no deadline (a restart charges them all)."""
+        now = time.time()
+        renewed = 0
+        for hold in holds:
+            rid = hold.reservation.reservation_id
+            held = self._reservations.get(rid)
+            if held is not None:
+                self._reservations[rid] = (held[0], now + hold.ttl_s)
+                renewed += 1
+        return renewed
 
     async def totals(self, keys: Sequence[str]) -> list[Totals]:
         zero = [0, 0, 0, 0]
-        return [self._totals(self._counters.get(key, zero)) for key in keys]
+        return [self._totals(self._counters.get(key) or self._counters.get(safe_text(key), zero))
+                for key in keys]
 
     async def reap_expired(self) -> int:
         now = time.time()
-        expired = [rid for rid, (_, exp) in self._reservations.items() if exp <= now]
-        return sum(self._drop(rid) for rid in expired)
+        expired = [res for res, exp in self._reservations.values() if exp <= now]
+        writes: list[asyncio.Future[bool]] = []
+        for res in expired:
+            if res.intent is not None:  # a request that outlived its upstream timeout
+                writes.append(self._queue(_Settle.of(res, res.cost_nusd, res.tokens,
+                                                     unsettled_record(res))))
+            elif self._drop(res.reservation_id):
+                writes.append(self._queue(_Drop(res.reservation_id, None)))
+        done = await asyncio.gather(*writes, return_exceptions=True)
+        return sum(1 for d in done if d is True)
 
     def open_reservations(self) -> int:
         return len(self._reservations)
@@ -352,10 +486,11 @@ class SqliteStore(Store):
         return [UsageRecord.model_validate_json(body) for (body,) in rows]
 
 
-def _usage_row(record: UsageRecord) -> tuple[object, ...]:
+def _usage_row(record: UsageRecord, body: str) -> tuple[object, ...]:
+    """Columns of a storable record (`base.storable_record`: its text encodes as UTF-8)."""
     return (
         record.record_id, record.timestamp.timestamp(), record.component, record.provider,
-        record.model, record.context_id, record.session_id, record.model_dump_json(),
+        record.model, record.context_id, record.session_id, body,
     )
 
 
@@ -368,7 +503,7 @@ def _usage_where(query: UsageQuery) -> tuple[str, list[object]]:
     ):
         if value is not None:
             clauses.append(f"{column} = ?")
-            params.append(value)
+            params.append(safe_text(value))
     if query.since is not None:
         clauses.append("ts >= ?")
         params.append(query.since.timestamp())

@@ -1,7 +1,9 @@
 """Backends the contract suite runs against: embedded, Redis (one server) and Redis Cluster
 (3 masters), each on real servers the tests start (`tests.redis_servers`)."""
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -37,3 +39,38 @@ async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Store
     await backend.start()
     yield backend
     await backend.close()
+
+
+@pytest.fixture
+async def reopen(request: pytest.FixtureRequest, store: Store, tmp_path
+                 ) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
+    """Another store object on the same data as `store`: the next process after a crash
+    (embedded), or another replica or the restarted process (Redis)."""
+    name = request.node.callspec.params["store"]
+    opened: list[Store] = []
+
+    async def again() -> Store:
+        if name == "embedded":
+            backend: Store = SqliteStore(tmp_path)
+        else:
+            server = request.getfixturevalue("redis_server" if name == "redis"
+                                             else "redis_cluster")
+            backend = RedisStore(server.url, data_dir=tmp_path / f"replica{len(opened)}")
+        await backend.start()
+        opened.append(backend)
+        return backend
+
+    yield again
+    for backend in opened:
+        await backend.close()
+
+
+async def eventually(probe: Callable[[], Awaitable[object]], timeout_s: float = 10.0) -> object:
+    """Poll `probe` until it returns something truthy; the deadline only fails a hung test."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)

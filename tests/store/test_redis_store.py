@@ -4,6 +4,7 @@ fast failure, the one clock, pub/sub between replicas, the start-up configuratio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from budget_proxy.enforcement import CounterLine
 from budget_proxy.events import EventBus
 from budget_proxy.models import BudgetPolicy, UsageRecord
 from budget_proxy.store import keys as K
-from budget_proxy.store.base import Reservation, StoreError, UsageQuery
+from budget_proxy.store.base import (
+    Reservation,
+    StoreError,
+    UsageQuery,
+    intent_json,
+    record_id_of,
+)
 from budget_proxy.store.journal import SettlementJournaled
 from budget_proxy.store.redis import RedisStore, parse_redis_url
 
@@ -288,3 +295,81 @@ async def test_start_up_check_warns_about_risky_settings(redis_factory, make_sto
     assert any("allkeys-lru" in p and "noeviction" in p for p in problems)
     safe = redis_factory(aof=True)
     assert await (await make_store(safe.url, "safe")).check_server_config() == []
+
+
+def request_hold(rid: str, key: str, cost: int) -> Reservation:
+    return Reservation(rid, (key,), cost, 10, intent=intent_json({
+        "record_id": record_id_of(rid), "provider": "openai", "model": "gpt-4o",
+        "component": "c"}))
+
+
+async def test_fail_open_intent_is_replaced_by_its_settlement_or_dropped_by_release(
+        redis_factory, make_store):
+    server = redis_factory(aof=True)
+    store = await make_store(server.url)
+    a = line("a:d:1", 10_000)
+    server.kill()
+    settled, released = request_hold("res_s", a.key, 500), request_hold("res_r", a.key, 500)
+    for r in (settled, released):  # Redis down: forwarded without a hold, intent journaled
+        with pytest.raises(StoreError):
+            await store.reserve(r, [a], 60)
+        await store.keep_intent(r)
+    assert store.journal.count() == 2
+    assert await store.replay_journal() == 0  # intents of live calls are never replayed
+    with pytest.raises(SettlementJournaled):
+        await store.settle(settled, 120, 3, rec(record_id_of("res_s")))
+    with pytest.raises(StoreError):
+        await store.release(released)
+    assert store.journal.count() == 1  # the settlement, in place of its intent
+    server.start()
+    await asyncio.sleep(0.6)  # the circuit lets a probe through
+    assert await store.replay_journal() == 1
+    (t,) = await store.totals([a.key])
+    assert (t.spent_nusd, t.reserved_nusd) == (120, 0)
+    records = await store.list_usage(UsageQuery())
+    assert [(x.record_id, x.status) for x in records] == [(record_id_of("res_s"), "ok")]
+
+
+async def test_fail_open_intent_of_a_dead_process_is_charged_unsettled(redis_factory, tmp_path):
+    server = redis_factory(aof=True)
+    first = RedisStore(server.url, data_dir=tmp_path)
+    await first.start()
+    server.kill()
+    r = request_hold("res_gone", "a:d:1", 700)
+    await first.keep_intent(r)
+    first.journal._db.close()  # the process is killed mid-call: no settlement, no close
+    first.journal._db = None
+    await first.close()
+    server.start()
+    second = RedisStore(server.url, data_dir=tmp_path)
+    await second.start()
+    try:
+        assert await second.replay_journal() == 1
+        (t,) = await second.totals(["a:d:1"])
+        assert (t.spent_nusd, t.spent_tokens, t.reserved_nusd) == (700, 10, 0)
+        records = await second.list_usage(UsageQuery())
+        assert [(x.record_id, x.status) for x in records] == [(record_id_of("res_gone"),
+                                                               "unsettled")]
+    finally:
+        await second.close()
+
+
+async def test_a_failed_release_is_retried_by_the_renewal_not_charged(redis_factory,
+                                                                      make_store):
+    server = redis_factory(aof=True)
+    store = await make_store(server.url)
+    a = line("a:d:1", 10_000)
+    r = request_hold("res_rel", a.key, 300)
+    assert (await store.reserve(r, [a], 60)).ok
+    server.kill()
+    with pytest.raises(StoreError):
+        await store.release(r)
+    server.start()
+    deadline = time.monotonic() + 5
+    while store.live_holds():
+        with contextlib.suppress(StoreError):
+            await store.renew_holds()
+        assert time.monotonic() < deadline, "release not retried"
+        await asyncio.sleep(0.05)
+    (t,) = await store.totals([a.key])
+    assert (t.spent_nusd, t.reserved_nusd) == (0, 0)

@@ -7,9 +7,10 @@
 --            already): releasing twice never gives back more than was held.
 -- Amounts come from the reservation hash, not from the caller.
 local function release_one(key, cost, tokens)
-  -- only non-zero amounts move ('-0' is not an integer to HINCRBY); never below zero
-  if cost > 0 and redis.call('HINCRBY', key, 'rn', -cost) < 0 then redis.call('HSET', key, 'rn', 0) end
-  if tokens > 0 and redis.call('HINCRBY', key, 'rt', -tokens) < 0 then redis.call('HSET', key, 'rt', 0) end
+  -- amounts stay decimal strings (a Lua number past 1e14 prints as '1e+14', which HINCRBY
+  -- refuses); only non-zero amounts move ('-0' is not an integer to HINCRBY); never below 0
+  if tonumber(cost) > 0 and redis.call('HINCRBY', key, 'rn', '-' .. cost) < 0 then redis.call('HSET', key, 'rn', 0) end
+  if tonumber(tokens) > 0 and redis.call('HINCRBY', key, 'rt', '-' .. tokens) < 0 then redis.call('HSET', key, 'rt', 0) end
 end
 
 local held = redis.call('HMGET', KEYS[1], 'c', 't')
@@ -17,8 +18,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 if not held[1] then
   return 0
 end
-local cost = tonumber(held[1])
-local tokens = tonumber(held[2])
+local cost, tokens = held[1], held[2]
 for i = 3, #KEYS do
   release_one(KEYS[i], cost, tokens)
 end

@@ -1,6 +1,7 @@
 -- reserve.lua: hold one request's worst case on a group of counters, on all of them or none.
 -- KEYS[1]    reservation hash: c = cost (nano-USD), t = tokens, k = JSON list of counter keys,
---            d = deadline (ms since epoch, Redis TIME)
+--            d = deadline (ms since epoch, Redis TIME), i = intent (request holds only: the
+--            JSON of the `unsettled` usage record that charges the hold if its process dies)
 -- KEYS[2]    deadlines sorted set: reservation id -> deadline (ms)
 -- KEYS[3..]  counter hashes: sn / rn = spent / reserved nano-USD, st / rt = spent / reserved tokens
 -- ARGV[1]    reservation id
@@ -8,7 +9,8 @@
 -- ARGV[3]    tokens to hold, integer
 -- ARGV[4]    reservation time to live, ms (the reaper releases it after that)
 -- ARGV[5]    idle TTL of counters that have no window end, ms
--- ARGV[6..]  four per counter, in KEYS order: limit nano-USD (-1: none), limit tokens
+-- ARGV[6]    intent JSON ('' for a hold without one: released, not charged, at its deadline)
+-- ARGV[7..]  four per counter, in KEYS order: limit nano-USD (-1: none), limit tokens
 --            (-1: none), enforce (1 | 0), counter expiry (ms since epoch; 0: idle TTL)
 -- Returns    {ok (1 | 0), refused counter (0-based, -1 when ok), then sn, rn, st, rt of each
 --            counter, including this hold when ok}
@@ -38,7 +40,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 
 for i = 1, n do
-  local base = 5 + 4 * (i - 1)
+  local base = 6 + 4 * (i - 1)
   if ARGV[base + 3] == '1' then
     local limit_nusd = tonumber(ARGV[base + 1])
     local limit_tokens = tonumber(ARGV[base + 2])
@@ -57,7 +59,7 @@ for i = 1, n do
   local key = KEYS[2 + i]
   redis.call('HINCRBY', key, 'rn', ARGV[2])
   redis.call('HINCRBY', key, 'rt', ARGV[3])
-  local expire_at = ARGV[5 + 4 * (i - 1) + 4]
+  local expire_at = ARGV[6 + 4 * (i - 1) + 4]
   if expire_at ~= '0' then
     redis.call('PEXPIREAT', key, expire_at)
   else
@@ -69,5 +71,8 @@ for i = 1, n do
 end
 redis.call('HSET', KEYS[1], 'c', ARGV[2], 't', ARGV[3], 'k', cjson.encode(held),
   'd', string.format('%d', deadline))
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'i', ARGV[6])
+end
 redis.call('ZADD', KEYS[2], deadline, ARGV[1])
 return reply(1, -1)

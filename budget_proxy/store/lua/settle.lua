@@ -14,7 +14,11 @@
 -- ARGV[8]        idle TTL for a counter this creates (ms)
 -- ARGV[9]        usage record JSON ('' when none)
 -- ARGV[10]       usage record timestamp (seconds since epoch, the index score)
--- Returns        1 if applied now, 0 if it had been applied before.
+-- ARGV[11]       token of this settlement (a digest of its record), the dedupe key's value
+-- Returns        1 if applied now, 2 if this same settlement (same token) had been applied
+--                before (a replay), 0 if another settlement of the id had been (on a cluster
+--                the caller writes the record only after a 1 or a 2: the dead-hold charge
+--                that lost the race to the real settlement never writes its record).
 -- Settles even when the hold is gone (reaped, or never made in fail-open mode): the call
 -- did happen, so its cost is spent. All keys share one hash tag on a cluster (the record
 -- goes in its own call there); on a standalone server one call carries everything.
@@ -29,25 +33,27 @@ local record = ARGV[9]
 if record ~= '' and redis.call('HEXISTS', KEYS[pos], ARGV[1]) == 1 then
   return 0
 end
-if tonumber(ARGV[7]) > 0 and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[7]) then
+if tonumber(ARGV[7]) > 0 and not redis.call('SET', KEYS[1], ARGV[11], 'NX', 'PX', ARGV[7]) then
+  if redis.call('GET', KEYS[1]) == ARGV[11] then return 2 end
   return 0
 end
 
-local held_cost, held_tokens = 0, 0
+-- held amounts stay decimal strings: a Lua number past 1e14 prints as '1e+14' (not an integer)
+local held_cost, held_tokens = '0', '0'
 if res_key then
   local held = redis.call('HMGET', res_key, 'c', 't')
   if held[1] then
-    held_cost, held_tokens = tonumber(held[1]), tonumber(held[2])
+    held_cost, held_tokens = held[1], held[2]
     redis.call('DEL', res_key)
   end
   redis.call('ZREM', deadlines_key, ARGV[2])
 end
 for i = 2, 1 + n do
   local key = KEYS[i]
-  if held_cost > 0 and redis.call('HINCRBY', key, 'rn', -held_cost) < 0 then
+  if tonumber(held_cost) > 0 and redis.call('HINCRBY', key, 'rn', '-' .. held_cost) < 0 then
     redis.call('HSET', key, 'rn', 0)
   end
-  if held_tokens > 0 and redis.call('HINCRBY', key, 'rt', -held_tokens) < 0 then
+  if tonumber(held_tokens) > 0 and redis.call('HINCRBY', key, 'rt', '-' .. held_tokens) < 0 then
     redis.call('HSET', key, 'rt', 0)
   end
   redis.call('HINCRBY', key, 'sn', ARGV[3])
