@@ -55,6 +55,7 @@ from prometheus_client.process_collector import ProcessCollector
 from budget_proxy import __version__
 from budget_proxy.config import Settings
 from budget_proxy.enforcement import CounterLine, Totals, tightest_remaining, utilisation
+from budget_proxy.events import TOPICS
 from budget_proxy.models import BudgetPolicy, UsageRecord, nusd_to_usd
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import CEILING_MODEL
@@ -575,6 +576,8 @@ class Metrics:
                 self.flagged_usage.labels(provider_name, reason)
             for method in METHODS:
                 self.unmetered.labels(provider_name, method)
+        for topic in TOPICS:
+            self.websocket_clients.labels(topic)
         self.store_up.set(1)
 
     # hooks --------------------------------------------------------------------------------
