@@ -44,7 +44,7 @@ from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
 from budget_proxy.price_update import prices_ctx
 from budget_proxy.pricing import PriceBook
 from budget_proxy.proxy import Proxy
-from budget_proxy.store.base import Store, StoreError
+from budget_proxy.store.base import Store, StoreError, hold_timing
 from budget_proxy.store.sqlite import SqliteStore
 from budget_proxy.virtual_keys import KeyRing
 
@@ -165,16 +165,29 @@ async def _retry_until_done(action: Callable[[], Awaitable[None]], what: str) ->
 
 
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reaper (charges holds of dead processes, releases expired allocation holds), the
+    renewal of this process's live holds (a request outliving the TTL keeps its hold), and
+    the policy poll. Start-up is refused when the reservation TTL cannot work."""
     settings = app[SETTINGS]
     store = app[STORE]
+    try:
+        timing = hold_timing(settings.reservation_ttl_s, settings.upstream_timeout_s)
+    except ValueError as exc:
+        log.critical("%s", exc)
+        raise
+    for warning in timing.warnings:
+        log.warning("%s", warning)
+    store.max_hold_s = timing.max_hold_s
 
     async def reap() -> None:
-        released = await store.reap_expired()
-        if released:
-            log.warning("released %d expired reservations", released)
+        reaped = await store.reap_expired()
+        if reaped:
+            log.warning("charged or released %d expired holds", reaped)
 
     tasks = [
         asyncio.create_task(every(settings.reaper_interval_s, reap, "reaper"), name="reaper"),
+        asyncio.create_task(every(timing.renew_interval_s, store.renew_holds, "hold renewal"),
+                            name="hold-renewal"),
         asyncio.create_task(every(POLICY_POLL_INTERVAL_S, app[POLICIES].refresh,
                                   "policy refresh"), name="policy-poll"),
     ]

@@ -36,12 +36,18 @@ from budget_proxy.enforcement import (
     tightest_remaining,
     warnings,
 )
-from budget_proxy.models import PolicyType, UsageRecord, new_id, nusd_to_usd
+from budget_proxy.models import MAX_CALL_TOKENS, PolicyType, UsageRecord, new_id, nusd_to_usd
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
 from budget_proxy.routing import Classified, Refusal, RouteClass
-from budget_proxy.store.base import Reservation, Store, StoreError
+from budget_proxy.store.base import (
+    Reservation,
+    Store,
+    StoreError,
+    intent_json,
+    record_id_of,
+)
 from budget_proxy.store.journal import SettlementJournaled
 from budget_proxy.usage import Usage, cost_of, from_anthropic, worst_case_nusd
 from budget_proxy.wire import (
@@ -81,6 +87,18 @@ class Attribution:
 
 # the caller a virtual key identified, set by `Proxy.identify` for `Proxy.attribution`
 CALLER = web.RequestKey("budget_proxy_caller", Attribution)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a call's intent records besides its amounts (see `Proxy.reservation_for`)."""
+
+    provider: str
+    endpoint: str
+    model: str
+    requested_model: str
+    who: Attribution
+    streamed: bool
 
 
 @dataclass(slots=True)
@@ -361,7 +379,8 @@ class Proxy:
 
         input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
         max_out = requested_max_output(kind, body)
-        reservation = self.reservation_for(lines, input_tokens, max_out, price)
+        reservation = self.reservation_for(lines, input_tokens, max_out, price, Call(
+            provider.name, kind, model, requested_model, who, streaming))
         result = await self.reserve(api, lines, reservation, notes)
         if isinstance(result, web.Response):
             return result
@@ -388,7 +407,8 @@ class Proxy:
                 body["model"] = moved
                 rewrite = True
                 input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
-                reservation = self.reservation_for(lines, input_tokens, max_out, price)
+                reservation = self.reservation_for(lines, input_tokens, max_out, price, Call(
+                    provider.name, kind, model, requested_model, who, streaming))
                 result = await self.reserve(api, lines, reservation, notes)
                 if isinstance(result, web.Response):
                     return result
@@ -446,15 +466,33 @@ class Proxy:
 
     @staticmethod
     def reservation_for(lines: list[CounterLine], input_tokens: int, max_out: int | None,
-                        price: ModelPrice) -> Reservation:
-        """The worst case of a call: all its input plus the most output it allows."""
+                        price: ModelPrice, call: Call) -> Reservation:
+        """The worst case of a call: all its input plus the most output it allows (each
+        clamped to `MAX_CALL_TOKENS`), with its intent: the `unsettled` usage record that
+        charges the hold if this process dies before the settlement (same record id)."""
         if max_out is None:
             max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+        max_out = min(max(max_out, 0), MAX_CALL_TOKENS)
+        input_tokens = min(max(input_tokens, 0), MAX_CALL_TOKENS)
+        reservation_id = new_id("res")
+        cost_nusd = worst_case_nusd(input_tokens, max_out, price)
+        who = call.who
         return Reservation(
-            reservation_id=new_id("res"),
+            reservation_id=reservation_id,
             keys=tuple(ln.key for ln in lines),
-            cost_nusd=worst_case_nusd(input_tokens, max_out, price),
+            cost_nusd=cost_nusd,
             tokens=input_tokens + max_out,
+            intent=intent_json({
+                "record_id": record_id_of(reservation_id), "allocation_id": who.allocation_id,
+                "context_id": who.context_id, "component": who.component,
+                "session_id": who.session, "task_id": who.task, "task_type": who.task_type,
+                "provider": call.provider, "model": call.model,
+                "requested_model": call.requested_model, "route": call.endpoint,
+                "input_tokens": input_tokens, "output_tokens": max_out,
+                "total_tokens": input_tokens + max_out,
+                "total_cost": nusd_to_usd(cost_nusd), "pricing_id": price.pricing_id,
+                "streamed": call.streamed,
+            }),
         )
 
     async def reserve(
@@ -466,7 +504,13 @@ class Proxy:
             if self.settings.fail_mode != "open":
                 return self.store_down(api, exc)
             # fail open: forward without a hold; the settlement (journaled by the store)
-            # charges the same counters once the store is back
+            # charges the same counters once the store is back, and the intent journaled
+            # here first charges them if this process dies before that
+            try:
+                await self.store.keep_intent(reservation)
+            except StoreError as journal_exc:
+                log.error("intent of %s not journaled: %s", reservation.reservation_id,
+                          journal_exc)
             for hook in self.on_store_failure:
                 hook("reserve")
             _log_store_down(f"budget store unavailable, forwarding unchecked (fail open): {exc}")
@@ -627,8 +671,8 @@ class Proxy:
                             reservation.reservation_id, exc)
                 for hook in self.on_store_failure:
                     hook("release")
-            for hook in self.on_finish:
-                hook(meta, None)
+            for finish in self.on_finish:
+                finish(meta, None)
             return
         usage = tap.usage
         if usage is None:
@@ -636,6 +680,7 @@ class Proxy:
         cost = cost_of(usage, meta.price)
         who = meta.attribution
         record = UsageRecord(
+            record_id=record_id_of(reservation.reservation_id),  # its intent's, if it died
             allocation_id=who.allocation_id, context_id=who.context_id, component=who.component,
             session_id=who.session, task_id=who.task, task_type=who.task_type,
             provider=meta.provider, model=meta.model, requested_model=meta.requested_model,
@@ -658,8 +703,8 @@ class Proxy:
             for hook in self.on_store_failure:
                 hook("settle")
             return
-        for hook in self.on_finish:
-            hook(meta, record)
+        for finish in self.on_finish:
+            finish(meta, record)
 
     async def usage_from_stream(self, meta: Metered, tap: UsageTap) -> Usage:
         """Usage of a stream cut short: the input the provider confirmed (Anthropic's
