@@ -274,3 +274,32 @@ def test_exhausted_gauge_follows_typical_calls_and_refusals():
     assert exhausted(typical={"pol_h": TypicalCall(50_000_000, 10)}) == 1
     assert exhausted(refused={"pol_h": (day.window_id, 1)}) == 1  # past the action threshold
     assert exhausted(refused={"pol_h": ("2025-03-13", 5)}) == 0  # refusals of an earlier window
+
+
+# hooks: whatever arrives, the labels stay bounded ----------------------------------------
+def test_hooks_bound_every_label(tmp_path):
+    from budget_proxy.config import Settings
+    from budget_proxy.metrics import Metrics
+    from budget_proxy.policy_cache import PolicyCache
+
+    metrics = Metrics(Settings(data_dir=tmp_path), store=None,  # type: ignore[arg-type]
+                      policies=PolicyCache(None))  # type: ignore[arg-type]
+    metrics.counted.mark_seen()
+    metrics.on_unmetered("evil-provider", "BREW")
+    metrics.on_unmetered("openai", "post")
+    metrics.on_refuse("openai", "alloc_0123456789abcdef", "limit")
+    metrics.on_error_response("a" * 1000, -5, "sk-secret")
+    metrics.on_store_failure("x" * 1000)
+    first = generate_latest(metrics.registry).decode()
+    assert "evil-provider" not in first and "BREW" not in first and "sk-secret" not in first
+    assert "alloc_" not in first and "a" * 65 not in first and "x" * 65 not in first
+    # pre-initialised series show their value at once; new ones zero first, then their value
+    assert 'budget_proxy_unmetered_requests_total{gen_ai_provider_name="openai",method="POST"}' \
+        ' 1.0' in first
+    assert 'budget_proxy_unmetered_requests_total{gen_ai_provider_name="other",method="other"}' \
+        ' 0.0' in first
+    second = generate_latest(metrics.registry).decode()
+    assert 'budget_proxy_unmetered_requests_total{gen_ai_provider_name="other",method="other"}' \
+        ' 1.0' in second
+    assert 'budget_proxy_refusals_total{gen_ai_provider_name="openai",policy_id="other",' \
+        'reason="limit"} 1.0' in second
