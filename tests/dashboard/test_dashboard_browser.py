@@ -21,6 +21,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from budget_proxy import ws
 from budget_proxy.app import create_app
 from budget_proxy.testing.fake_provider import FakeProvider
 from tests.api.conftest import ADMIN_TOKEN, VIEWER_TOKEN
@@ -206,9 +207,12 @@ async def test_a_proxied_call_shows_up_live_and_the_figures_equal_the_status(sit
         else f"{round(row['utilisation'] * 100)}%")
     await expect(dashboard.locator('[data-card="today"] .value')).not_to_have_text("$0.00")
 
+    await expect(page.locator("#live")).to_have_attribute("data-connections", "1")
+    await ws.close_all(site.app)  # the server drops every WebSocket: the page reconnects
+    await expect(page.locator("#live")).to_have_attribute("data-connections", "2")
     usage = await open_tab(page, "usage")
     await expect(usage.locator("#usage-records tbody tr").first).to_contain_text("live")
-    await site.call("live-again")  # the Usage tab follows too
+    await site.call("live-again")  # the Usage tab follows too, on the new connection
     await expect(usage.locator("#usage-records tbody tr").first).to_contain_text("live-again")
 
 

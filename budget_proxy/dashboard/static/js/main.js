@@ -91,6 +91,7 @@ function start(session) {
   }, (state, reconnected) => {
     $('live').dataset.state = state;
     $('live').textContent = state;
+    if (state === 'live') $('live').dataset.connections = String(Number($('live').dataset.connections || 0) + 1);
     if (reconnected) TABS.find((t) => t.id === active).show();  // catch up on missed events
   });
   live.start();

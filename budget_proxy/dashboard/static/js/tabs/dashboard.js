@@ -7,6 +7,7 @@ import {action, attempt, badge, debounce, field, h, select, table} from '../dom.
 import {amount, count, duration, limits, money, ms, pct, time, tokens} from '../format.js';
 
 const LATEST_CALLS = 10;
+const TICK_MS = 15000;  // times to reset and runways move without events: refresh this often
 let root = null;
 let ctx = null;
 let latest = [];
@@ -127,7 +128,11 @@ const refreshSoon = debounce(() => { if (ctx.isActive('dashboard')) refresh(); }
 export default {
   id: 'dashboard',
   title: 'Dashboard',
-  init(section, context) { root = section; ctx = context; },
+  init(section, context) {
+    root = section;
+    ctx = context;
+    setInterval(() => { if (ctx.isActive('dashboard') && !document.hidden) refresh(); }, TICK_MS);
+  },
   async show() {
     const records = await attempt(() => api('/api/usage/records', {query: {limit: LATEST_CALLS}}));
     if (records) latest = records;
