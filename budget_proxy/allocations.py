@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -54,7 +54,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from budget_proxy.enforcement import CounterLine, RequestScope, Totals, counter_lines
 from budget_proxy.events import EventBus
 from budget_proxy.models import (
+    Bound,
     BudgetPolicy,
+    Metadata,
     PositiveSeconds,
     PositiveTokens,
     Tier,
@@ -104,13 +106,14 @@ class AllocationRequest(BaseModel):
     provider: str | None = None
     model: str | None = None
     task_type: str | None = None
-    priority: int = Field(5, ge=0, le=1000, description="Stored and reported; higher first.")
+    priority: Annotated[int, Bound(0, 1000)] = Field(
+        5, description="Stored and reported; higher first.")
     budget_id: str | None = Field(
         None, description="Hold only on this budget's policies (default: every budget's)."
     )
     expiration_time: Timestamp | None = None
     ttl_s: PositiveSeconds | None = Field(None, description="Expire this many seconds from now.")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     _utc = field_validator("expiration_time")(assume_utc)
 

@@ -38,6 +38,7 @@ MAX_TTL_S = 10 * 366 * 86_400  # any duration in seconds (ten years): datetimes 
 MAX_COUNT = 10**9  # any count of items: paging offsets, priorities, request counts
 MAX_DAYS = 3660  # any look-back in days
 MAX_RATE = 10**6  # any per-day frequency
+MAX_JSON_DEPTH = 32  # free-form metadata from outside
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)  # any timestamp given from outside
 MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 DEFAULT_BUDGET_ID = "default"
@@ -60,7 +61,8 @@ class Bound:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.with_info_after_validator_function(self._check, handler(source))
+        checked = core_schema.with_info_after_validator_function(self._check, handler(source))
+        return core_schema.no_info_before_validator_function(_not_a_bool, checked)
 
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
@@ -92,6 +94,46 @@ class Bound:
         return type(value)(clamped) if isinstance(value, int | float) else clamped
 
 
+@dataclass(frozen=True, slots=True)
+class Shallow:
+    """A JSON value from outside nested at most `depth` levels (as an `Annotated` marker):
+    deeper input is refused (with `context=INPUT`), so every stored document can be written
+    back out as JSON (orjson stops at 255 levels)."""
+
+    depth: int
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get("input") and _depth(value) > self.depth:
+            raise PydanticCustomError("too_deep", "Input should be nested at most {depth} "
+                                      "levels deep", {"depth": self.depth})
+        return value
+
+
+def _not_a_bool(value: Any) -> Any:
+    """`true` is not a number, though Python and pydantic's lax mode would take it as 1."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, iteratively (no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 # The bounded types of every amount the admin API, policy files and stored documents carry.
 Usd = Annotated[float, Bound(0, MAX_USD)]
 Tokens = Annotated[int, Bound(0, MAX_TOKENS)]
@@ -101,6 +143,7 @@ Count = Annotated[int, Bound(0, MAX_COUNT)]
 Days = Annotated[int, Bound(1, MAX_DAYS)]
 Ratio = Annotated[float, Bound(0, 1)]
 Timestamp = Annotated[datetime, Bound(MIN_TIME, MAX_TIME)]
+Metadata = Annotated[dict[str, Any], Shallow(MAX_JSON_DEPTH)]
 PositiveTokens = Annotated[int, Field(gt=0), Bound(0, MAX_TOKENS)]
 PositiveSeconds = Annotated[float, Field(gt=0), Bound(0, MAX_TTL_S)]
 
@@ -161,7 +204,7 @@ class Budget(_Entity):
     is_active: bool = True
     creation_time: Timestamp = Field(default_factory=utcnow)
     updated_at: Timestamp = Field(default_factory=utcnow)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class BudgetPolicy(_Entity):
@@ -230,7 +273,7 @@ class UsageRecord(_Entity):
     status: str = "ok"
     streamed: bool = False
     timestamp: Timestamp = Field(default_factory=utcnow)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class AlertSeverity(StrEnum):

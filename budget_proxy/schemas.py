@@ -20,6 +20,7 @@ from budget_proxy.models import (
     CallTokens,
     Count,
     Days,
+    Metadata,
     Timestamp,
     UsageRecord,
     Usd,
@@ -64,7 +65,7 @@ class UsageRecordsQuery(_Body):
     session_id: str | None = None
     since: Timestamp | None = Field(None, description="ISO 8601; naive times are UTC.")
     until: Timestamp | None = Field(None, description="ISO 8601, exclusive.")
-    limit: int = Field(100, ge=1, le=10_000)
+    limit: Annotated[int, Bound(1, 10_000)] = 100
     offset: Count = 0
 
     _utc = field_validator("since", "until")(assume_utc)
@@ -192,7 +193,7 @@ class UsageRecordRequest(_Body):
     task_id: str | None = None
     task_type: str | None = None
     timestamp: Timestamp | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     _utc = field_validator("timestamp")(assume_utc)
 
@@ -218,7 +219,7 @@ class ReportQuery(_Body):
 
 
 class ExportQuery(UsageRecordsQuery):
-    limit: int = Field(10_000, ge=1, le=1_000_000)
+    limit: Annotated[int, Bound(1, 1_000_000)] = 10_000
     format: Literal["csv", "json"] = "csv"
 
 
@@ -291,7 +292,7 @@ class BudgetUpdate(_Body):
     description: str | None = None
     owner: str | None = None
     is_active: bool | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class BudgetDeleteQuery(_Body):
@@ -309,7 +310,7 @@ class AlertQuery(_Body):
     severity: AlertSeverity | None = None
     type: str | None = None
     policy_id: str | None = None
-    limit: int = Field(100, ge=1, le=10_000)
+    limit: Annotated[int, Bound(1, 10_000)] = 100
     offset: Count = 0
 
 
@@ -415,7 +416,7 @@ class RecommendModelRequest(_Body):
     max_cost: Usd | None = Field(None, description="USD per request.")
     priority_areas: str | list[str] | None = None
     provider: str | None = None
-    limit: int = Field(5, ge=1, le=50)
+    limit: Annotated[int, Bound(1, 50)] = 5
 
 
 class ModelOption(BaseModel):

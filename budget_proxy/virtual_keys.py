@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from budget_proxy.models import Timestamp, new_id, utcnow
+from budget_proxy.models import Metadata, Timestamp, new_id, utcnow
 from budget_proxy.policy_cache import ConfigCache
 from budget_proxy.schemas import assume_utc
 from budget_proxy.store.base import Store
@@ -57,7 +57,7 @@ class KeyCreateRequest(BaseModel):
     budget_id: str | None = Field(None, description="Budget the key belongs to (reported).")
     name: str | None = None
     expires_at: Timestamp | None = Field(None, description="Naive times are UTC.")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     _utc = field_validator("expires_at")(assume_utc)
 

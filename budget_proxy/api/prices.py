@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from budget_proxy.api.common import api_error, json_response, read_model, read_query
 from budget_proxy.api.openapi import api_route
@@ -108,6 +116,14 @@ class SetPriceRequest(BaseModel):
     verified: bool = True
     note: str | None = None
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _rate_not_a_bool(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and info.field_name.endswith(
+                ("_usd_per_mtok", "_cost_per_token")):
+            raise ValueError("a rate is a number, not a boolean")
+        return value
+
     @model_validator(mode="after")
     def _one_unit_per_rate(self) -> SetPriceRequest:
         for name in PRICE_FIELDS:
@@ -133,9 +149,13 @@ class SetPriceRequest(BaseModel):
 
     @staticmethod
     def _rate(field: str, value: PriceValue) -> Decimal | None:
-        if field.endswith("_cost_per_token"):
-            return from_per_token(value)
-        return from_per_mtok(value)
+        """USD per million tokens; infinite when the value is too large to quantize."""
+        try:
+            if field.endswith("_cost_per_token"):
+                return from_per_token(value)
+            return from_per_mtok(value)
+        except ArithmeticError:
+            return Decimal("Infinity")
 
     def changes(self) -> dict[str, Any]:
         """The version fields this request sets."""
