@@ -434,6 +434,9 @@ class Proxy:
         """The counter lines of a call to `model`: its matching policy windows, and when it
         draws on an allocation, that allocation's enforced line in their place (see
         `budget_proxy.allocations`)."""
+        if self.policies.version < 0 and self.settings.fail_mode != "open":
+            # the store has been down since start-up: which limits apply is unknown
+            return self.store_down(api, StoreError("policies not loaded yet"))
         lines = counter_lines(self.policies.policies, self.scope(provider, model, price, who),
                               now, self.tz)
         if not (who.allocation_id or who.context_id):
