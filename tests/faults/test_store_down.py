@@ -60,8 +60,9 @@ async def test_starts_serves_by_fail_mode_and_recovers(tmp_path: Path, fake, fai
     })
     log = tmp_path / "proxy.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "budget_proxy", "serve"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "budget_proxy", "serve"], env=env,
+            stdout=out, stderr=subprocess.STDOUT)
     admin = {"Authorization": f"Bearer {ADMIN}"}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
