@@ -66,6 +66,7 @@ STORE_FAILURE_LOG_INTERVAL_S = 60.0  # one log line per minute while the store i
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 LIMIT_REACHED = "limit_reached"
+USAGE_FLAGGED = "usage_flagged"  # at most one per provider, model and hour
 THRESHOLD_SEVERITY = {
     "warning_threshold": AlertSeverity.WARNING,
     "action_threshold": AlertSeverity.WARNING,
@@ -377,6 +378,22 @@ class Alerts:
     def on_finish(self, meta: Metered, record: UsageRecord | None) -> None:
         if record is not None:
             self.check(meta.lines)
+            if record.metadata.get("flagged"):
+                self.usage_flagged(record)
+
+    def usage_flagged(self, record: UsageRecord) -> None:
+        """A provider sent usage figures the proxy clamped or could not read: one alert per
+        provider and model per hour (`USAGE_FLAGGED_DEDUPE`), so a broken provider cannot
+        flood the store. The record itself carries the reasons (`metadata["flagged"]`)."""
+        hour = record.timestamp.strftime("%Y-%m-%dT%H")
+        reasons = list(record.metadata["flagged"])
+        self.raise_alert_nowait(
+            USAGE_FLAGGED, f"Usage figures from {record.provider}/{record.model} were clamped "
+            f"or unreadable ({', '.join(reasons)}); the call was settled from bounded figures",
+            severity=AlertSeverity.WARNING,
+            dedupe_key=f"{USAGE_FLAGGED}|{record.provider}|{record.model}|{hour}",
+            data={"provider": record.provider, "model": record.model, "reasons": reasons,
+                  "record_id": record.record_id})
 
     def check(self, lines: Sequence[CounterLine]) -> None:
         """Usage landed on these counters: check their thresholds in the background (also for

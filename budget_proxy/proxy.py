@@ -49,7 +49,7 @@ from budget_proxy.store.base import (
     record_id_of,
 )
 from budget_proxy.store.journal import SettlementJournaled
-from budget_proxy.usage import Usage, cost_of, from_anthropic, worst_case_nusd
+from budget_proxy.usage import Usage, cost_of, worst_case_nusd
 from budget_proxy.wire import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     SSEParser,
@@ -594,33 +594,35 @@ class Proxy:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 meta.status = 502
-                return self.error(meta.api, 502, f"upstream {provider.name} unreachable: {exc}",
-                                  code="upstream_unreachable")
+                message, code = _upstream_failure(provider.name, exc)
+                return self.error(meta.api, 502, message, code=code)
             meta.upstream_headers_at = time.perf_counter()
             meta.status = upstream.status
             async with upstream:
                 headers = _response_headers(upstream)
                 headers.update(budget_headers)
-                if upstream.status >= 400:
-                    body = await upstream.read()
-                    meta.upstream_done_at = time.perf_counter()
-                    return web.Response(status=upstream.status, body=body, headers=headers)
-                if upstream.content_type == "text/event-stream":
+                if upstream.content_type == "text/event-stream" and upstream.status < 400:
                     meta.outcome = "aborted"
                     response, complete = await self.relay_stream(
                         request, upstream, headers, tap, meta)
                     if complete:
                         meta.outcome = "ok"
                     return response
-                body = await upstream.read()
+                try:
+                    body = await upstream.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:  # short, reset, bad encoding
+                    meta.status = 502
+                    message, code = _upstream_failure(provider.name, exc)
+                    return self.error(meta.api, 502, message, code=code)
                 meta.first_chunk_at = meta.upstream_done_at = time.perf_counter()
+                if upstream.status >= 400:
+                    return web.Response(status=upstream.status, body=body, headers=headers)
                 meta.outcome = "ok"
                 try:
-                    parsed = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict):
-                    tap.observe_json(parsed)
+                    tap.observe_answer(body)  # total; the guard keeps the client's answer safe
+                except Exception as exc:  # any bug in the tap: logged in one line
+                    log.warning("usage tap failed on a %s answer, settling from the proxy's "
+                                "count: %s: %s", provider.name, type(exc).__name__, exc)
                 response = web.Response(status=upstream.status, body=body, headers=headers)
                 await response.prepare(request)
                 await response.write_eof()
@@ -638,27 +640,60 @@ class Proxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
         tap: UsageTap, meta: Metered,
     ) -> tuple[web.StreamResponse, bool]:
-        """Relay SSE event by event; (response, whether the stream ran to its end)."""
+        """Relay SSE event by event, each as received; (response, whether the stream ran to
+        its end). The client's headers wait for the upstream's first bytes, so an upstream
+        that breaks before sending any is answered 502 in the provider's format (and the hold
+        released); one that breaks later is cut at the client too (its connection is closed
+        without the end of the body, as the upstream's was) and settled from what was
+        streamed. A failure of the usage tap never cuts a stream: the event is relayed."""
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
         parser = SSEParser()
+        tap_failed = False
+
+        def relayed(events: list[bytes]) -> bytes:
+            nonlocal tap_failed
+            out = []
+            for event in events:
+                try:
+                    keep = tap.observe_event(event)
+                except Exception as exc:  # the tap is total; belt and braces
+                    keep = True
+                    if not tap_failed:
+                        tap_failed = True
+                        log.warning("usage tap failed on a %s stream event, relaying it: %s: %s",
+                                    meta.provider, type(exc).__name__, exc)
+                if keep:
+                    out.append(event)
+            return b"".join(out)
+
         try:
             async for chunk in upstream.content.iter_any():
                 if not meta.first_chunk_at:
                     meta.first_chunk_at = time.perf_counter()
-                out = [event for event in parser.feed(chunk) if tap.observe_event(event)]
+                    await response.prepare(request)
+                out = relayed(parser.feed(chunk))
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(out)
             meta.upstream_done_at = time.perf_counter()
+            if not response.prepared:
+                await response.prepare(request)  # an empty stream
             rest = parser.flush()
-            if rest and tap.observe_event(rest):
-                await response.write(rest)
+            out = relayed([rest]) if rest else b""
+            if out:
+                await response.write(out)
             await response.write_eof()
         except ConnectionResetError:
             log.info("client went away mid-stream; settling from what was streamed")
             return response, False
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("upstream stream broke: %s", exc)
+            if not response.prepared:  # nothing reached the client: an error, not a stream
+                meta.status, meta.outcome = 502, "error"
+                message, code = _upstream_failure(meta.provider, exc)
+                return self.error(meta.api, 502, message, code=code), False
+            log.warning("upstream %s stream broke after %d bytes of it were relayed: %s",
+                        meta.provider, upstream.content.total_bytes, _one_line(exc))
+            if request.transport is not None:
+                request.transport.close()
             return response, False
         return response, True
 
@@ -678,7 +713,7 @@ class Proxy:
                 finish(meta, None)
             return
         usage = tap.usage
-        if usage is None:
+        if usage is None or not usage.trusted:
             usage = await self.usage_from_stream(meta, tap)
         cost = cost_of(usage, meta.price)
         who = meta.attribution
@@ -693,7 +728,8 @@ class Proxy:
             reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
             input_cost=nusd_to_usd(cost.input_nusd), output_cost=nusd_to_usd(cost.output_nusd),
             total_cost=nusd_to_usd(cost.total_nusd), pricing_id=meta.price.pricing_id,
-            status="ok" if tap.usage is not None else "aborted", streamed=meta.streamed,
+            status="ok" if tap.usage is not None or outcome == "ok" else "aborted",
+            streamed=meta.streamed, metadata={"flagged": list(usage.flags)} if usage.flags else {},
         )
         try:
             await self.store.settle(reservation, cost.total_nusd, usage.total_tokens, record)
@@ -710,19 +746,19 @@ class Proxy:
             finish(meta, record)
 
     async def usage_from_stream(self, meta: Metered, tap: UsageTap) -> Usage:
-        """Usage of a stream cut short: the input the provider confirmed (Anthropic's
-        `message_start`) or our count of it, plus the output streamed so far counted with
-        tiktoken (in a thread when long, to keep the loop free)."""
-        text = tap.streamed_text()
+        """Usage of a call whose provider figures are missing (a stream cut short, an answer
+        without readable usage) or unusable (a main count flagged): the input the provider
+        confirmed (Anthropic's `message_start`) or our count of it, plus the output seen
+        (streamed, or the answer's text) counted with tiktoken (in a thread when long, to
+        keep the loop free). Flagged as the provider's figures were (see `UsageTap`)."""
+        text = tap.output_text()
         if len(text) > 16_384:
             loop = asyncio.get_running_loop()
             output = await loop.run_in_executor(None, tokens.count_text, text, meta.model)
         else:
             output = tokens.count_text(text, meta.model)
-        if tap.anthropic_start is not None:
-            output = max(output, tap.anthropic_output_tokens or 0)
-            return from_anthropic(tap.anthropic_start, output_tokens=output)
-        return Usage(input_tokens=meta.input_tokens_estimate, output_tokens=output)
+        return tap.fallback_usage(meta.input_tokens_estimate, output,
+                                  complete=meta.outcome == "ok")
 
     async def drain(self) -> None:
         """Wait for in-flight settlements (shutdown)."""
@@ -756,6 +792,22 @@ def _without_hold(result: ReserveResult, reservation: Reservation) -> list[Total
     return [Totals(t.spent_nusd, max(0, t.reserved_nusd - reservation.cost_nusd),
                    t.spent_tokens, max(0, t.reserved_tokens - reservation.tokens))
             for t in result.totals]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _upstream_failure(provider: str, exc: BaseException) -> tuple[str, str]:
+    """(message, code) of the 502 for an upstream call that failed before the client got a
+    byte: timed out, unreachable (or gone before answering), or an answer that could not be
+    read (bad status line or framing, a short body, an encoding that does not decode)."""
+    if isinstance(exc, TimeoutError):
+        return f"upstream {provider} timed out", "upstream_timeout"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return f"upstream {provider} unreachable: {_one_line(exc)}", "upstream_unreachable"
+    return (f"upstream {provider} answer could not be read: {_one_line(exc)}",
+            "bad_upstream_response")
 
 
 def _virtual_key(headers: Any) -> str | None:

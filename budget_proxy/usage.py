@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
+from budget_proxy.models import MAX_CALL_TOKENS
+
 
 class PriceLike(Protocol):
     input_usd_per_mtok: Decimal
@@ -34,6 +36,11 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    # why figures were clamped or replaced (`USAGE_FLAGS`); a flagged record raises an alert
+    flags: tuple[str, ...] = ()
+    # False when a main count (input or output) was unusable: the call is settled from the
+    # proxy's own count instead (`budget_proxy.wire.UsageTap.fallback_usage`)
+    trusted: bool = True
 
     @property
     def total_input_tokens(self) -> int:
@@ -44,56 +51,128 @@ class Usage:
         return self.total_input_tokens + self.output_tokens
 
 
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) else 0
+# Why a provider's usage figure was not taken as is. Every count is clamped into
+# [0, MAX_CALL_TOKENS]: a negative count never refunds a budget, an absurd one never overflows
+# a counter.
+NEGATIVE_COUNT = "negative_count"
+ABSURD_COUNT = "absurd_count"  # more than MAX_CALL_TOKENS, infinite included
+WRONG_TYPE = "wrong_type"  # not a whole number (string, bool, list, object, NaN, fraction)
+MISSING_COUNT = "missing_count"  # a count every answer of that API carries is absent
+UNPARSEABLE_USAGE = "unparseable_usage"  # a complete answer without usage the proxy could read
+USAGE_FLAGS = (NEGATIVE_COUNT, ABSURD_COUNT, WRONG_TYPE, MISSING_COUNT, UNPARSEABLE_USAGE)
 
 
-def from_openai(usage: dict[str, Any]) -> Usage:
+def clamp_count(value: Any, *, required: bool = False) -> tuple[int, str | None]:
+    """A provider's token count as an int in [0, MAX_CALL_TOKENS], with the reason it was
+    changed (None when taken as is). Total: any JSON value in, never an exception out. A bool
+    is not a count; a whole float (`12.0`) is; an absent value (None) is 0, flagged only when
+    `required`."""
+    if value is None:
+        return 0, MISSING_COUNT if required else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0, WRONG_TYPE
+    if value != value:  # NaN
+        return 0, WRONG_TYPE
+    if value < 0:
+        return 0, NEGATIVE_COUNT
+    if value > MAX_CALL_TOKENS:
+        return MAX_CALL_TOKENS, ABSURD_COUNT
+    if isinstance(value, float) and not value.is_integer():
+        return int(value), WRONG_TYPE
+    return int(value), None
+
+
+class _Reader:
+    """Reads one usage object: clamped counts, and the reasons of every change."""
+
+    __slots__ = ("_no_usage", "flags", "trusted")
+
+    def __init__(self) -> None:
+        self.flags: list[str] = []
+        self.trusted = True
+        self._no_usage = False  # the usage object itself was absent or not an object
+
+    def section(self, value: Any, *, main: bool = False) -> dict[str, Any]:
+        """A nested object (`usage`, `prompt_tokens_details`); anything else reads as empty.
+        `main`: the usage object itself."""
+        if isinstance(value, dict):
+            return value
+        if value is not None:
+            self._flag(WRONG_TYPE, main)
+        elif main:
+            self._flag(MISSING_COUNT, main)
+        self._no_usage = self._no_usage or main
+        return {}
+
+    def count(self, value: Any, *, main: bool = False, required: bool = False) -> int:
+        """`main`: an input or output total the settlement cannot do without."""
+        count, reason = clamp_count(value, required=required and not self._no_usage)
+        if reason is not None:
+            self._flag(reason, main)
+        return count
+
+    def _flag(self, reason: str, main: bool) -> None:
+        if reason not in self.flags:
+            self.flags.append(reason)
+        if main:
+            self.trusted = False
+
+    def usage(self, **counts: int) -> Usage:
+        return Usage(**counts, flags=tuple(self.flags), trusted=self.trusted)
+
+
+def from_openai(usage: Any, *, output_expected: bool = True) -> Usage:
     """Chat completions, completions and embeddings (`prompt_tokens`), and the Responses API
-    (`input_tokens`), streamed or not."""
-    if "input_tokens" in usage:  # Responses API
-        prompt = _int(usage.get("input_tokens"))
-        output = _int(usage.get("output_tokens"))
-        in_details = usage.get("input_tokens_details") or {}
-        out_details = usage.get("output_tokens_details") or {}
+    (`input_tokens`), streamed or not. Embeddings report no output (`output_expected=False`)."""
+    r = _Reader()
+    u = r.section(usage, main=True)
+    if "input_tokens" in u:  # Responses API
+        in_key, out_key, in_details_key, out_details_key = (
+            "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
     else:
-        prompt = _int(usage.get("prompt_tokens"))
-        output = _int(usage.get("completion_tokens"))
-        in_details = usage.get("prompt_tokens_details") or {}
-        out_details = usage.get("completion_tokens_details") or {}
-    cached = min(prompt, _int(in_details.get("cached_tokens")))
-    reasoning = min(output, _int(out_details.get("reasoning_tokens")))
-    return Usage(
-        input_tokens=prompt - cached,
-        cached_input_tokens=cached,
-        output_tokens=output,
-        reasoning_tokens=reasoning,
-    )
+        in_key, out_key, in_details_key, out_details_key = (
+            "prompt_tokens", "completion_tokens", "prompt_tokens_details",
+            "completion_tokens_details")
+    prompt = r.count(u.get(in_key), main=True, required=True)
+    output = r.count(u.get(out_key), main=True, required=output_expected)
+    # overlaps stay consistent: cached is part of the prompt, reasoning part of the output
+    cached = min(prompt, r.count(r.section(u.get(in_details_key)).get("cached_tokens")))
+    reasoning = min(output, r.count(r.section(u.get(out_details_key)).get("reasoning_tokens")))
+    return r.usage(input_tokens=prompt - cached, cached_input_tokens=cached,
+                   output_tokens=output, reasoning_tokens=reasoning)
 
 
-def from_anthropic(usage: dict[str, Any], output_tokens: int | None = None) -> Usage:
+def from_anthropic(usage: Any, output_tokens: Any = None) -> Usage:
     """Messages API usage; in a stream, `usage` comes from `message_start` and the cumulative
     `output_tokens` from the last `message_delta`."""
-    return Usage(
-        input_tokens=_int(usage.get("input_tokens")),
-        cached_input_tokens=_int(usage.get("cache_read_input_tokens")),
-        cache_write_tokens=_int(usage.get("cache_creation_input_tokens")),
-        output_tokens=_int(usage.get("output_tokens")) if output_tokens is None else output_tokens,
+    r = _Reader()
+    u = r.section(usage, main=True)
+    output = u.get("output_tokens") if output_tokens is None else output_tokens
+    return r.usage(
+        input_tokens=r.count(u.get("input_tokens"), main=True, required=True),
+        cached_input_tokens=r.count(u.get("cache_read_input_tokens")),
+        cache_write_tokens=r.count(u.get("cache_creation_input_tokens")),
+        output_tokens=r.count(output, main=True, required=True),
     )
 
 
-def from_gemini(usage_metadata: dict[str, Any]) -> Usage:
-    """Gemini `usageMetadata`: prompt includes cached content; thoughts are billed as output."""
-    prompt = _int(usage_metadata.get("promptTokenCount"))
-    cached = min(prompt, _int(usage_metadata.get("cachedContentTokenCount")))
-    candidates = _int(usage_metadata.get("candidatesTokenCount"))
-    thoughts = _int(usage_metadata.get("thoughtsTokenCount"))
-    return Usage(
-        input_tokens=prompt - cached,
-        cached_input_tokens=cached,
-        output_tokens=candidates + thoughts,
-        reasoning_tokens=thoughts,
-    )
+def from_gemini(usage_metadata: Any) -> Usage:
+    """Gemini `usageMetadata`: prompt includes cached content; thoughts are billed as output.
+    A blocked prompt has no candidates, so their count may be absent."""
+    r = _Reader()
+    u = r.section(usage_metadata, main=True)
+    prompt = r.count(u.get("promptTokenCount"), main=True, required=True)
+    cached = min(prompt, r.count(u.get("cachedContentTokenCount")))
+    candidates = r.count(u.get("candidatesTokenCount"), main=True)
+    # two clamped counts: their sum stays within 2 x MAX_CALL_TOKENS
+    thoughts = r.count(u.get("thoughtsTokenCount"), main=True)
+    return r.usage(input_tokens=prompt - cached, cached_input_tokens=cached,
+                   output_tokens=candidates + thoughts, reasoning_tokens=thoughts)
+
+
+def merge_flags(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """Flags of several readings, each once, in order."""
+    return tuple(dict.fromkeys(flag for group in groups for flag in group))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,19 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from budget_proxy.models import MAX_CALL_TOKENS
 from budget_proxy.usage import (
+    USAGE_FLAGS,
     Usage,
+    clamp_count,
     cost_of,
     from_anthropic,
     from_gemini,
     from_openai,
+    merge_flags,
     worst_case_nusd,
 )
 
@@ -103,3 +109,154 @@ def test_sub_nano_amounts_round_half_up():
 )
 def test_worst_case(input_tokens, max_output, price, expected_nusd):
     assert worst_case_nusd(input_tokens, max_output, price) == expected_nusd
+
+
+# hostile figures -------------------------------------------------------------------------
+BIG = 2**70
+
+
+@pytest.mark.parametrize(
+    ("value", "required", "expected"),
+    [
+        (12, False, (12, None)),
+        (0, True, (0, None)),
+        (MAX_CALL_TOKENS, False, (MAX_CALL_TOKENS, None)),
+        (12.0, False, (12, None)),  # a whole float is a count
+        (None, False, (0, None)),  # absent and optional
+        (None, True, (0, "missing_count")),
+        (-1, False, (0, "negative_count")),
+        (-1_000_000, True, (0, "negative_count")),
+        (-0.5, False, (0, "negative_count")),
+        (float("-inf"), False, (0, "negative_count")),
+        (MAX_CALL_TOKENS + 1, False, (MAX_CALL_TOKENS, "absurd_count")),
+        (BIG, False, (MAX_CALL_TOKENS, "absurd_count")),
+        (2**64 - 1, False, (MAX_CALL_TOKENS, "absurd_count")),
+        (1e308, False, (MAX_CALL_TOKENS, "absurd_count")),
+        (float("inf"), False, (MAX_CALL_TOKENS, "absurd_count")),
+        (float("nan"), False, (0, "wrong_type")),
+        (12.5, False, (12, "wrong_type")),
+        (True, False, (0, "wrong_type")),  # a bool is not a count
+        (False, True, (0, "wrong_type")),
+        ("12", False, (0, "wrong_type")),
+        ("", False, (0, "wrong_type")),
+        ([3], False, (0, "wrong_type")),
+        ({"n": 3}, False, (0, "wrong_type")),
+    ],
+)
+def test_clamp_count(value, required, expected):
+    assert clamp_count(value, required=required) == expected
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # a refund attempt: the main count is unusable, the call is settled from our count
+        ({"prompt_tokens": -1_000_000, "completion_tokens": 5},
+         Usage(output_tokens=5, flags=("negative_count",), trusted=False)),
+        ({"prompt_tokens": BIG, "completion_tokens": 5},
+         Usage(input_tokens=MAX_CALL_TOKENS, output_tokens=5, flags=("absurd_count",),
+               trusted=False)),
+        ({"prompt_tokens": True, "completion_tokens": "5"},
+         Usage(flags=("wrong_type",), trusted=False)),
+        ({"prompt_tokens": 10}, Usage(input_tokens=10, flags=("missing_count",), trusted=False)),
+        ({}, Usage(flags=("missing_count",), trusted=False)),
+        # details only: the main counts stand, cached input is charged as plain input
+        ({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": "x"},
+         Usage(input_tokens=10, output_tokens=5, flags=("wrong_type",))),
+        ({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": None,
+          "completion_tokens_details": {"reasoning_tokens": -3}},
+         Usage(input_tokens=10, output_tokens=5, flags=("negative_count",))),
+        # overlaps stay consistent: cached <= prompt, reasoning <= output
+        ({"prompt_tokens": 10, "completion_tokens": 5,
+          "prompt_tokens_details": {"cached_tokens": 50},
+          "completion_tokens_details": {"reasoning_tokens": BIG}},
+         Usage(cached_input_tokens=10, output_tokens=5, reasoning_tokens=5,
+               flags=("absurd_count",))),
+        ("lots", Usage(flags=("wrong_type",), trusted=False)),
+        ([1, 2], Usage(flags=("wrong_type",), trusted=False)),
+        (None, Usage(flags=("missing_count",), trusted=False)),
+    ],
+)
+def test_openai_usage_is_clamped_and_flagged(usage, expected):
+    assert from_openai(usage) == expected
+
+
+def test_embeddings_report_no_output_and_are_not_flagged_for_it():
+    assert from_openai({"prompt_tokens": 7, "total_tokens": 7},
+                       output_expected=False) == Usage(input_tokens=7)
+
+
+@pytest.mark.parametrize(
+    ("usage", "output", "expected"),
+    [
+        ({"input_tokens": -5, "output_tokens": 3, "cache_read_input_tokens": "x"}, None,
+         Usage(output_tokens=3, flags=("negative_count", "wrong_type"), trusted=False)),
+        ({"input_tokens": 5, "output_tokens": 3, "cache_creation_input_tokens": BIG}, None,
+         Usage(input_tokens=5, cache_write_tokens=MAX_CALL_TOKENS, output_tokens=3,
+               flags=("absurd_count",))),
+        ({"input_tokens": 5, "output_tokens": 1}, -7,
+         Usage(input_tokens=5, flags=("negative_count",), trusted=False)),
+        ({"input_tokens": 5}, None, Usage(input_tokens=5, flags=("missing_count",),
+                                          trusted=False)),
+        (["x"], 3, Usage(output_tokens=3, flags=("wrong_type",), trusted=False)),
+    ],
+)
+def test_anthropic_usage_is_clamped_and_flagged(usage, output, expected):
+    assert from_anthropic(usage, output) == expected
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"promptTokenCount": 100, "cachedContentTokenCount": 500, "candidatesTokenCount": 2},
+         Usage(cached_input_tokens=100, output_tokens=2)),
+        ({"promptTokenCount": 9}, Usage(input_tokens=9)),  # a blocked prompt: no candidates
+        ({"promptTokenCount": 9, "thoughtsTokenCount": -1, "candidatesTokenCount": 2},
+         Usage(input_tokens=9, output_tokens=2, flags=("negative_count",), trusted=False)),
+        ({"promptTokenCount": "9"}, Usage(flags=("wrong_type",), trusted=False)),
+    ],
+)
+def test_gemini_usage_is_clamped_and_flagged(meta, expected):
+    assert from_gemini(meta) == expected
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from([
+        "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
+        "prompt_tokens_details", "completion_tokens_details", "input_tokens_details",
+        "output_tokens_details", "cached_tokens", "reasoning_tokens",
+        "cache_read_input_tokens", "cache_creation_input_tokens", "promptTokenCount",
+        "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "x"]),
+        children, max_size=6),
+    max_leaves=20,
+)
+
+
+def _sane(usage: Usage) -> bool:
+    counts = (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
+              usage.output_tokens, usage.reasoning_tokens)
+    return (all(isinstance(c, int) and 0 <= c <= 2 * MAX_CALL_TOKENS for c in counts)
+            and usage.reasoning_tokens <= usage.output_tokens
+            and set(usage.flags) <= set(USAGE_FLAGS))
+
+
+@given(JSON_VALUES, JSON_VALUES)
+def test_usage_parsers_never_raise_and_stay_in_bounds(value, extra):
+    for usage in (from_openai(value), from_openai(value, output_expected=False),
+                  from_anthropic(value), from_anthropic(value, extra), from_gemini(value)):
+        assert _sane(usage), usage
+        assert usage.trusted or usage.flags  # distrust always says why
+
+
+@given(st.integers(min_value=0, max_value=MAX_CALL_TOKENS),
+       st.integers(min_value=0, max_value=MAX_CALL_TOKENS))
+def test_sane_figures_are_taken_as_they_are(prompt, completion):
+    usage = from_openai({"prompt_tokens": prompt, "completion_tokens": completion})
+    assert usage == Usage(input_tokens=prompt, output_tokens=completion)
+
+
+def test_merge_flags_keeps_each_once_in_order():
+    assert merge_flags(("a", "b"), (), ("b", "c")) == ("a", "b", "c")
