@@ -33,7 +33,6 @@ import gc
 import itertools
 import os
 import struct
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -47,6 +46,7 @@ __all__ = [
     "PROMPT_TOKEN_OVERHEAD",
     "FakeProvider",
     "Headers",
+    "RawAnswer",
     "ReceivedRequest",
     "create_app",
     "estimate_prompt_tokens",
@@ -123,6 +123,7 @@ _KNOBS = (
     "anthropic_delta_full_usage",
     "embedding_dims",
     "record_requests",
+    "raw_next",
 )
 
 
@@ -137,6 +138,44 @@ class Headers(dict[str, str]):
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         return super().get(key.lower(), default)
+
+
+@dataclass(slots=True)
+class RawAnswer:
+    """An answer sent exactly as given, whatever the request, for testing malformed upstreams.
+
+    ``headers`` are sent as they are (a ``Content-Length`` that lies, a ``Content-Encoding``
+    the body does not have); with no ``Content-Length`` the body is sent chunked. The body is
+    ``body``, or ``chunks`` written one by one ``chunk_delay_s`` apart. ``close`` is how the
+    answer ends: ``"eof"`` (a complete HTTP answer), or ``"abort"`` (the connection is reset
+    after the last chunk, the body left unterminated). ``raw`` replaces the whole HTTP answer
+    (status line and headers included) with these bytes, then closes the connection: for
+    answers aiohttp itself would refuse to write. Over ``POST /_fake/config``, byte fields are
+    strings (each character one byte, latin-1).
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    chunks: list[bytes] | None = None
+    chunk_delay_s: float = 0.0
+    close: Literal["eof", "abort"] = "eof"
+    raw: bytes | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> RawAnswer:
+        if isinstance(value, RawAnswer):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("a raw answer is an object")
+        fields = dict(value)
+        for name in ("body", "raw"):
+            if isinstance(fields.get(name), str):
+                fields[name] = fields[name].encode("latin-1")
+        if fields.get("chunks") is not None:
+            fields["chunks"] = [c.encode("latin-1") if isinstance(c, str) else c
+                                for c in fields["chunks"]]
+        return cls(**fields)
 
 
 @dataclass(slots=True)
@@ -213,6 +252,8 @@ class FakeProvider:
     anthropic_delta_full_usage: bool = False
     embedding_dims: int = 8
     record_requests: bool = True
+    raw_next: list[RawAnswer] = field(default_factory=list)
+    """Answers sent as given to the next requests, one each, before any other knob."""
     requests: list[ReceivedRequest] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     url: str | None = field(default=None, init=False)
@@ -286,6 +327,8 @@ class FakeProvider:
                 raise ValueError(f"unknown fake provider knob: {name}")
             if name == "fail_next":
                 value = [(int(s), str(t)) for s, t in value]
+            if name == "raw_next":
+                value = [RawAnswer.from_json(answer) for answer in value]
             setattr(self, name, value)
 
     def _json_str(self, text: str) -> bytes:
@@ -531,6 +574,11 @@ class _Handler:
                 rec.error_type = "authentication_error" if family == "anthropic" else None
                 return self._error(family, rid, 401, rec.error_type, "Missing API key.")
 
+        if fake.raw_next:
+            answer = fake.raw_next.pop(0)
+            rec.status, rec.error_type = answer.status, "raw_answer"
+            return await self._raw(request, rec, answer)
+
         if fake.fail_next:
             status, error_type = fake.fail_next.pop(0)
             rec.status, rec.error_type = status, error_type or None
@@ -562,6 +610,42 @@ class _Handler:
         if plan.response_delay > 0:
             await asyncio.sleep(plan.response_delay)
         return await route(self, request, rid, rec, plan)  # type: ignore[misc]
+
+    async def _raw(
+        self, request: web.Request, rec: ReceivedRequest, answer: RawAnswer
+    ) -> web.StreamResponse:
+        """Send a :class:`RawAnswer`; aiohttp adds no header of its own but ``Date`` and
+        ``Server`` (and chunked framing when no ``Content-Length`` is given)."""
+        transport = request.transport
+        if answer.raw is not None:
+            if transport is not None:
+                transport.write(answer.raw)
+                transport.close()
+            rec.completed = True
+            raise web.HTTPException()  # the connection is gone: nothing more is written
+        resp = web.StreamResponse(status=answer.status, headers=answer.headers)
+        if "Content-Type" not in answer.headers and "content-type" not in answer.headers:
+            resp.headers.pop("Content-Type", None)
+        try:
+            await resp.prepare(request)
+            chunks = answer.chunks if answer.chunks is not None else [answer.body]
+            for i, chunk in enumerate(chunks):
+                if i and answer.chunk_delay_s > 0:
+                    await asyncio.sleep(answer.chunk_delay_s)
+                if chunk:
+                    await resp.write(chunk)
+                rec.chunks_sent = i + 1
+            if answer.close == "abort":
+                self._drop(request, rec)
+                return resp
+            await resp.write_eof()
+            if "Content-Length" in resp.headers and transport is not None:
+                transport.close()  # it may lie: end the connection rather than leave it open
+        except ConnectionError:
+            rec.client_disconnected = True
+            return resp
+        rec.completed = True
+        return resp
 
     # OpenAI -----------------------------------------------------------------------------
 
@@ -1009,7 +1093,7 @@ class _Handler:
                     "usage": self._anthropic_usage(plan, plan.completion),
                 },
             )
-        start_message = {
+        start_message: dict[str, Any] = {
             "id": msg_id,
             "type": "message",
             "role": "assistant",
@@ -1237,4 +1321,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
