@@ -10,6 +10,12 @@ so each token is priced exactly once:
 - `cache_write_tokens`: input written to the prompt cache
 - `output_tokens`: all output, reasoning included; `reasoning_tokens` is the part of it that
   was reasoning (priced at the reasoning rate when the catalog has one)
+
+The readers never raise, whatever JSON a provider sends: every count is clamped into
+[0, MAX_CALL_TOKENS] (`clamp_count`), so a negative figure never refunds a budget and an absurd
+one never overflows a counter; each change is named in `Usage.flags` (the usage record is
+flagged and an alert raised), and an unusable input or output total marks the usage
+untrusted, so the call is settled from the proxy's own count instead.
 """
 
 from __future__ import annotations
