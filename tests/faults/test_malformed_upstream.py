@@ -120,6 +120,7 @@ class Case:
     flags: set[str] = field(default_factory=set)  # each must be on the record
     status: str | None = None  # the record's status, when it matters
     cut: bool = False  # the upstream reset the connection mid-body: the client's is cut too
+    tokens: tuple[int, int] | None = None  # (input, output) the provider's usage says
 
 
 def raw(headers: dict[str, str], body: bytes = b"", **kw: object) -> RawAnswer:
@@ -151,7 +152,8 @@ CASES: dict[str, Case] = {
         flags={"absurd_count", "negative_count"}),
     "openai-details-wrong-type-only": Case("openai", False, raw(JSON, openai_json({
         **GOOD_OPENAI_USAGE, "prompt_tokens_details": "x"})), flags={"wrong_type"}),
-    "openai-choices-of-ints": Case("openai", False, raw(JSON, openai_json(choices=[1]))),
+    "openai-choices-of-ints": Case("openai", False, raw(JSON, openai_json(choices=[1])),
+                                   tokens=(11, 3)),
     "openai-usage-a-string": Case("openai", False, raw(JSON, openai_json("lots")),
                                   flags={"wrong_type"}),
     "openai-usage-null": Case("openai", False, raw(JSON, openai_json(None)),
@@ -201,7 +203,7 @@ CASES: dict[str, Case] = {
     # streamed OpenAI --------------------------------------------------------------------
     "stream-choices-of-ints": Case("openai", True, raw(SSE, sse(
         chunk(choices=[1]), chunk(choices=[{"delta": "x"}, None]), chunk(usage=GOOD_OPENAI_USAGE)
-    ) + b"data: [DONE]\n\n")),
+    ) + b"data: [DONE]\n\n"), tokens=(11, 3)),
     "stream-details-wrong-type": Case("openai", True, raw(SSE, openai_stream(
         {**GOOD_OPENAI_USAGE, "prompt_tokens_details": "x"})), flags={"wrong_type"}),
     "stream-negative-usage": Case("openai", True, raw(SSE, openai_stream(
@@ -212,27 +214,27 @@ CASES: dict[str, Case] = {
         {"prompt_tokens": "11", "completion_tokens": None, "total_tokens": [],
          "prompt_tokens_details": [], "completion_tokens_details": "x"})),
         flags={"wrong_type"}),
-    "stream-non-json-data-lines": Case("openai", True, raw(SSE, b"data: hello\n\n"
-                                                           + b": a comment\n\n"
-                                                           + b"data: {not json\n\n"
-                                                           + b"event: x\ndata: [1, 2]\n\n"
-                                                           + openai_stream())),
+    "stream-non-json-data-lines": Case("openai", True, tokens=(11, 3), answer=raw(
+        SSE, b"data: hello\n\n: a comment\n\ndata: {not json\n\nevent: x\ndata: [1, 2]\n\n"
+        + openai_stream())),
     "stream-event-split-over-chunks": Case("openai", True, RawAnswer(
-        headers=SSE, chunks=chunks_of(openai_stream(), 7))),
-    "stream-cr-only": Case("openai", True, raw(SSE, openai_stream(eol=b"\r"))),
-    "stream-crlf": Case("openai", True, raw(SSE, CRLF_STREAM)),
+        headers=SSE, chunks=chunks_of(openai_stream(), 7)), tokens=(11, 3)),
+    "stream-cr-only": Case("openai", True, raw(SSE, openai_stream(eol=b"\r")), tokens=(11, 3)),
+    "stream-crlf": Case("openai", True, raw(SSE, CRLF_STREAM), tokens=(11, 3)),
     "stream-crlf-split-between-cr-and-lf": Case("openai", True, RawAnswer(
         headers=SSE, chunks=[CRLF_STREAM[:CR_SPLIT], CRLF_STREAM[CR_SPLIT:]],
-        chunk_delay_s=0.05)),
+        chunk_delay_s=0.05), tokens=(11, 3)),
     "stream-mixed-line-endings": Case("openai", True, raw(SSE, sse(chunk("Hel"), eol=b"\r")
                                                           + sse(chunk("lo"), eol=b"\r\n")
                                                           + sse(chunk(usage=GOOD_OPENAI_USAGE))
-                                                          + b"data: [DONE]\r\n\n")),
+                                                          + b"data: [DONE]\r\n\n"),
+                                      tokens=(11, 3)),
     "stream-truncated-without-done-or-usage": Case("openai", True, raw(SSE, sse(
         chunk("Hel"), chunk("lo"))[:-1]), flags={"unparseable_usage"}),
     "stream-empty-200": Case("openai", True, raw(SSE, b""), flags={"unparseable_usage"}),
     "stream-huge-single-line": Case("openai", True, RawAnswer(
-        headers=SSE, chunks=chunks_of(sse(chunk("x" * 3_000_000)) + openai_stream(), 65_536))),
+        headers=SSE, chunks=chunks_of(sse(chunk("x" * 3_000_000)) + openai_stream(), 65_536)),
+        tokens=(11, 3)),
     "stream-reset-mid-stream": Case("openai", True, RawAnswer(
         headers=SSE, chunks=[sse(chunk("Hel")), sse(chunk("lo"))], chunk_delay_s=0.05,
         close="abort"), status="aborted", cut=True),
@@ -255,9 +257,10 @@ CASES: dict[str, Case] = {
             "output_tokens": 5, "input_tokens": {"a": 1}, "cache_read_input_tokens": "9"})),
         flags={"wrong_type"}),
     "anthropic-stream-crlf": Case("anthropic", True, RawAnswer(
-        headers=SSE, chunks=anthropic_stream(GOOD_START, {"output_tokens": 5}, eol=b"\r\n"))),
+        headers=SSE, chunks=anthropic_stream(GOOD_START, {"output_tokens": 5}, eol=b"\r\n")),
+        tokens=(12, 5)),
     "anthropic-stream-cr-only-in-one-chunk": Case("anthropic", True, raw(SSE, b"".join(
-        anthropic_stream(GOOD_START, {"output_tokens": 5}, eol=b"\r")))),
+        anthropic_stream(GOOD_START, {"output_tokens": 5}, eol=b"\r"))), tokens=(12, 5)),
     "anthropic-stream-reset-mid-stream": Case("anthropic", True, RawAnswer(
         headers=SSE, chunks=anthropic_stream(GOOD_START, None, end=False), close="abort"),
         status="aborted", cut=True),
@@ -347,7 +350,7 @@ async def test_malformed_answer(proxy, fake, proxy_log, name):
     status, headers, body, cut = await asyncio.wait_for(call(proxy, case), CALL_DEADLINE_S)
 
     assert len(fake.requests) == 1
-    records = await settled_records(proxy)
+    records = await asyncio.wait_for(settled_records(proxy), CALL_DEADLINE_S)
     if case.expect == "502":
         assert status == 502
         assert headers["content-type"].startswith("application/json")
@@ -364,6 +367,9 @@ async def test_malformed_answer(proxy, fake, proxy_log, name):
             assert not flagged
         if case.status:
             assert record["status"] == case.status
+        if case.tokens:
+            assert (record["input_tokens"], record["output_tokens"]) == case.tokens
+            assert record["status"] == "ok"
         for key in ("input_tokens", "cached_input_tokens", "cache_write_tokens",
                     "output_tokens", "reasoning_tokens", "total_tokens", "total_cost"):
             assert 0 <= record[key], (key, record)
