@@ -72,7 +72,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_API) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code a class attribute; each error carries its own here
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 class AliasGroup(click.Group):
@@ -633,12 +634,9 @@ def policies_delete(obj: dict[str, Any], policy_id: str) -> None:
 
 
 # the price commands (`prices`, `calc-cost`, `recommend`) live in their own module
-try:
-    from budget_proxy.cli_pricing import register as _register_pricing
-except ImportError:  # pragma: no cover - before that module exists
-    _register_pricing = None
-if _register_pricing is not None:
-    _register_pricing(main)
+from budget_proxy.cli_pricing import register as _register_pricing  # noqa: E402
+
+_register_pricing(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

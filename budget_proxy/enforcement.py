@@ -179,7 +179,7 @@ def soft_limit_move(
 ) -> tuple[str | None, list[str]]:
     """The model a soft limit moves this request to (if any), and warnings for soft limits
     past their action threshold that have no cheaper model configured."""
-    notes = []
+    notes: list[str] = []
     for line, tot in zip(lines, totals, strict=True):
         policy = policies_by_id.get(line.policy_id)
         if policy is None or policy.type is not PolicyType.SOFT_LIMIT:

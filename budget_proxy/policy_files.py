@@ -191,14 +191,14 @@ async def reconcile(store: Store, loaded: PolicySet, *, prune: bool = True) -> R
                 "creation_time": existing.creation_time, "updated_at": utcnow()}))
     wanted = {p.policy_id for p in loaded.policies}
     for policy in loaded.policies:
-        existing = await store.get_policy(policy.policy_id)
-        if existing is None:
+        current = await store.get_policy(policy.policy_id)
+        if current is None:
             await store.put_policy(policy)
             report.created.append(policy.policy_id)
-        elif existing.model_dump(include=_COMPARED_POLICY) != policy.model_dump(
+        elif current.model_dump(include=_COMPARED_POLICY) != policy.model_dump(
                 include=_COMPARED_POLICY):
             await store.put_policy(policy.model_copy(update={
-                "created_at": existing.created_at, "updated_at": utcnow()}))
+                "created_at": current.created_at, "updated_at": utcnow()}))
             report.updated.append(policy.policy_id)
         else:
             report.unchanged.append(policy.policy_id)

@@ -51,7 +51,7 @@ _QUANTUM = Decimal("0.000001")  # per-Mtok precision: 1e-12 USD per token
 
 # providers the catalog prices, under the names each source uses for them
 KNOWN_PROVIDERS = frozenset(PROVIDER_PREFERENCE)
-LITELLM_PROVIDERS = {"text-completion-openai": "openai"}
+LITELLM_PROVIDERS: dict[str, str] = {"text-completion-openai": "openai"}
 OPENROUTER_PROVIDERS = {
     "openai": "openai", "anthropic": "anthropic", "google": "gemini", "mistralai": "mistral",
     "deepseek": "deepseek", "x-ai": "xai",
@@ -141,8 +141,9 @@ def parse_litellm(data: Any) -> list[Quote]:
     for key, record in data.items():
         if not isinstance(record, dict) or key == "sample_spec":
             continue
-        raw_provider = record.get("litellm_provider")
-        provider = LITELLM_PROVIDERS.get(raw_provider, provider_name(raw_provider))
+        raw = record.get("litellm_provider")
+        raw_provider = raw if isinstance(raw, str) else None
+        provider = LITELLM_PROVIDERS.get(raw_provider or "") or provider_name(raw_provider)
         if provider not in KNOWN_PROVIDERS:
             continue
         name = key

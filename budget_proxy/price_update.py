@@ -226,8 +226,8 @@ class PriceUpdater:
 
         report["models_checked"] = len(per_model)
         await self._emit(progress, {"stage": "compare", "models": len(per_model)})
-        for (provider, model), quotes in sorted(per_model.items()):
-            await self._judge(provider, model, quotes, report, progress)
+        for (provider, model), sourced in sorted(per_model.items()):
+            await self._judge(provider, model, sourced, report, progress)
         return self._finish(report, started)
 
     async def _fetch(
@@ -267,7 +267,8 @@ class PriceUpdater:
                 "trust": round(verdict.trust, 4), "prices": _prices_text(verdict.prices),
                 "current": _prices_text(current)})
         elif verdict.status == "conflict":
-            row = {"provider": provider, "model": model, "fields": list(verdict.conflicting),
+            row: dict[str, Any] = {
+                "provider": provider, "model": model, "fields": list(verdict.conflicting),
                    "candidates": candidates, "current": _prices_text(current)}
             report["conflicts"].append(row)
             if self.alerts is not None:

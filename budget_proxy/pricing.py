@@ -932,7 +932,7 @@ def recommend(
             "cost_per_month_usd": per_call * calls_per_day * MONTH_DAYS,
             "pricing_id": entry.pricing_id, "_nusd": per_call_nusd,
         })
-    rows.sort(key=lambda r: (r["_nusd"], rank.get(r["provider"], len(rank)), r["model"]))
+    rows.sort(key=lambda r: (r["_nusd"], rank.get(str(r["provider"]), len(rank)), r["model"]))
     for row in rows:
         del row["_nusd"]
     return rows[:limit]

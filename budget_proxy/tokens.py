@@ -532,7 +532,9 @@ def _anthropic_document(tally: _Tally, block: dict[str, Any]) -> None:
     tally.text(block.get("title"))
     tally.text(block.get("context"))
     source = block.get("source")
-    kind = source.get("type") if isinstance(source, dict) else None
+    if not isinstance(source, dict):
+        source = {}
+    kind = source.get("type")
     if kind == "text":
         tally.text(source.get("data"))
     elif kind == "content":

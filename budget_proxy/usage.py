@@ -28,11 +28,16 @@ from budget_proxy.models import MAX_CALL_TOKENS
 
 
 class PriceLike(Protocol):
-    input_usd_per_mtok: Decimal
-    output_usd_per_mtok: Decimal
-    cache_read_usd_per_mtok: Decimal | None
-    cache_write_usd_per_mtok: Decimal | None
-    reasoning_usd_per_mtok: Decimal | None
+    @property
+    def input_usd_per_mtok(self) -> Decimal: ...
+    @property
+    def output_usd_per_mtok(self) -> Decimal: ...
+    @property
+    def cache_read_usd_per_mtok(self) -> Decimal | None: ...
+    @property
+    def cache_write_usd_per_mtok(self) -> Decimal | None: ...
+    @property
+    def reasoning_usd_per_mtok(self) -> Decimal | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 WS_HEARTBEAT_S = 30.0  # ping interval; a client that misses a pong is closed
 WS_SEND_TIMEOUT_S = 5.0  # one frame not written within this: the client is too slow
 WS_CLOSE_TIMEOUT_S = 2.0  # how long to wait for the client's close frame
-CLIENTS = web.AppKey("ws_clients", set)  # open WebSocketResponses, closed at shutdown
+# open WebSocketResponses, closed at shutdown
+CLIENTS: web.AppKey[set[Any]] = web.AppKey("ws_clients", set)
 ALL_TOPICS = "all"
 PATH_TOPIC = "budget_events"  # the contract's subscription topic: this path's events
 
@@ -172,7 +173,8 @@ def routes() -> list[web.RouteDef]:
 async def close_all(app: web.Application) -> None:
     """Shutdown: close every client with 1001 (going away), so the server does not wait for
     long-lived connections before draining settlements."""
-    for sock in list(app[CLIENTS]):
+    clients: set[Any] = app[CLIENTS]
+    for sock in list(clients):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 sock.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"),

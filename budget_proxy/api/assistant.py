@@ -280,7 +280,8 @@ async def optimize(request: web.Request) -> web.Response:
                 alternative_model=alt_price.model))
         cache_rate = price.cache_read_usd_per_mtok
         if (cache_rate is not None and cache_rate < price.input_usd_per_mtok
-                and group.input_tokens > 0 and not cached.get((price.provider, group.model))):
+                and group.input_tokens > 0
+                and not cached.get((price.provider, group.model or ""))):
             saving = (group.input_tokens * CACHE_SHARE_ASSUMED
                       * float(price.input_usd_per_mtok - cache_rate) / 1_000_000)
             recs.append(Recommendation(

@@ -233,10 +233,10 @@ async def record_usage(request: web.Request) -> web.Response:
         reasoning_tokens=req.reasoning_tokens,
     )
     priced = cost_of(usage, price) if price is not None else Cost(0, 0)
-    cost = Cost(
-        usd_to_nusd(req.input_cost) if req.input_cost is not None else priced.input_nusd,
-        usd_to_nusd(req.output_cost) if req.output_cost is not None else priced.output_nusd,
-    )
+    input_nusd = usd_to_nusd(req.input_cost)
+    output_nusd = usd_to_nusd(req.output_cost)
+    cost = Cost(priced.input_nusd if input_nusd is None else input_nusd,
+                priced.output_nusd if output_nusd is None else output_nusd)
     lines: list[CounterLine] = []
     r = None
     component = req.component or app[SETTINGS].component
