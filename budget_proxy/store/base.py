@@ -283,8 +283,9 @@ class Store(ABC):
     ) -> bool:
         """Turn the reservation into spend of the actual amounts and store the usage record.
         Idempotent by `record.record_id` (by the reservation id when there is no record):
-        returns False if it was already applied. Settles even if the reservation was already
-        reaped (the call did happen)."""
+        returns False if it was already applied, which includes the charge of the same hold
+        as `unsettled` by a reaper (same record id: whichever comes first wins). Settles even
+        if the hold was released or never made (fail open): the call did happen."""
 
     @abstractmethod
     async def release(self, reservation: Reservation) -> None:

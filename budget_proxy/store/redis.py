@@ -326,6 +326,9 @@ class RedisStore(Store):
             except StoreError:
                 await self._compensate(reservation, held)
                 raise
+            except asyncio.CancelledError:  # the caller is gone: never forwarded, released
+                self._spawn(self._release_later(reservation))
+                raise
             ok, refused = int(reply[0]), int(reply[1])
             for j, i in enumerate(indexes):
                 totals[i] = Totals(*(int(x) for x in reply[2 + 4 * j: 6 + 4 * j]))
@@ -380,6 +383,10 @@ class RedisStore(Store):
             raise
         self._releasing.pop(rid, None)
         self._untrack(rid)
+
+    async def _release_later(self, reservation: Reservation) -> None:
+        with contextlib.suppress(StoreError):  # a failed release is retried by the renewals
+            await self.release(reservation)
 
     async def keep_intent(self, reservation: Reservation) -> None:
         record, body = storable_record(unsettled_record(reservation))

@@ -59,8 +59,11 @@ CREATE TABLE IF NOT EXISTS counters (
     spent_nusd INTEGER NOT NULL DEFAULT 0,
     spent_tokens INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS reservations (
-    reservation_id TEXT PRIMARY KEY,
+-- one row per hold, written before its call is forwarded and deleted with its settlement;
+-- keyed by rowid only (one b-tree to write: half the cost of a text primary key)
+CREATE TABLE IF NOT EXISTS holds (
+    seq INTEGER PRIMARY KEY,
+    reservation_id TEXT NOT NULL,
     keys TEXT NOT NULL,
     cost_nusd INTEGER NOT NULL,
     tokens INTEGER NOT NULL,
@@ -90,12 +93,20 @@ CREATE INDEX IF NOT EXISTS usage_ts ON usage_records (ts);
 
 
 @dataclass(slots=True)
-class _Hold:
-    """Write a hold row."""
+class _Held:
+    """A hold in memory: its reservation, deadline and row (0 until written)."""
 
     reservation: Reservation
     expires_at: float
-    future: asyncio.Future[bool] | None
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Hold:
+    """Write a hold row."""
+
+    held: _Held
+    future: asyncio.Future[bool] | None = None
 
 
 @dataclass(slots=True)
@@ -107,25 +118,26 @@ class _Settle:
     tokens: int
     record: UsageRecord | None
     record_json: str
+    seq: int  # the hold row to delete (0: none)
     future: asyncio.Future[bool] | None = None
 
     @classmethod
     def of(cls, reservation: Reservation, cost_nusd: int, tokens: int,
-           record: UsageRecord | None) -> _Settle:
+           record: UsageRecord | None, seq: int) -> _Settle:
         """A settlement with amounts clamped and the record made storable."""
         body = ""
         if record is not None:
             record, body = storable_record(record)
         return cls(reservation, bounded(cost_nusd, MAX_AMOUNT_NUSD),
-                   bounded(tokens, MAX_AMOUNT_TOKENS), record, body)
+                   bounded(tokens, MAX_AMOUNT_TOKENS), record, body, seq)
 
 
 @dataclass(slots=True)
 class _Drop:
     """Delete a hold row (release, expiry)."""
 
-    reservation_id: str
-    future: asyncio.Future[bool] | None
+    seq: int
+    future: asyncio.Future[bool] | None = None
 
 
 _Write = _Hold | _Settle | _Drop
@@ -141,7 +153,7 @@ class SqliteStore(Store):
         self._db: sqlite3.Connection | None = None
         # key -> [spent_nusd, reserved_nusd, spent_tokens, reserved_tokens]
         self._counters: dict[str, list[int]] = {}
-        self._reservations: dict[str, tuple[Reservation, float]] = {}
+        self._reservations: dict[str, _Held] = {}
         self._pending: list[_Write] = []
         self._version = 0
 
@@ -152,9 +164,7 @@ class SqliteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
-            if "intent" not in columns:  # a database from before intents
-                db.execute("ALTER TABLE reservations ADD COLUMN intent TEXT")
+            _migrate_reservations(db)
             self._db = db
             charged = self._charge_dead_holds(db)
         except BaseException:
@@ -166,27 +176,40 @@ class SqliteStore(Store):
         for key, spent, spent_tokens in db.execute(
                 "SELECT key, spent_nusd, spent_tokens FROM counters"):
             self._counters[key] = [spent, 0, spent_tokens, 0]
-        rows = db.execute("SELECT reservation_id, keys, cost_nusd, tokens, expires_at "
-                          "FROM reservations")
-        for rid, keys, cost, tokens, expires_at in rows:  # allocation holds: kept
+        rows = db.execute("SELECT seq, reservation_id, keys, cost_nusd, tokens, expires_at "
+                          "FROM holds")
+        for seq, rid, keys, cost, tokens, expires_at in rows:  # allocation holds: kept
             res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens)
             self._hold(res, +1)
-            self._reservations[rid] = (res, expires_at)
+            self._reservations[rid] = _Held(res, expires_at, seq)
         row = db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
         self._version = row[0] if row else 0
 
     def _charge_dead_holds(self, db: sqlite3.Connection) -> int:
         """Charge every request hold row (it belongs to a dead process) at its hold, with
-        its `unsettled` record, and delete it: one transaction."""
-        rows = db.execute("SELECT reservation_id, keys, cost_nusd, tokens, intent "
-                          "FROM reservations WHERE intent IS NOT NULL").fetchall()
-        writes: list[_Write] = []
-        for rid, keys, cost, tokens, intent in rows:
-            res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens, intent)
-            writes.append(_Settle.of(res, res.cost_nusd, res.tokens, unsettled_record(res)))
-        if writes:
-            self._commit(db, writes)
-        return len(writes)
+        its `unsettled` record, and delete it: one transaction per GROUP_COMMIT_MAX rows; a
+        row that cannot be charged is left (and logged) rather than refusing start-up."""
+        rows = db.execute("SELECT seq, reservation_id, keys, cost_nusd, tokens, intent "
+                          "FROM holds WHERE intent IS NOT NULL").fetchall()
+        charged = 0
+        for start in range(0, len(rows), GROUP_COMMIT_MAX):
+            writes: list[_Write] = []
+            for seq, rid, keys, cost, tokens, intent in rows[start:start + GROUP_COMMIT_MAX]:
+                res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens, intent)
+                writes.append(_Settle.of(res, res.cost_nusd, res.tokens, unsettled_record(res),
+                                         seq))
+            try:
+                self._commit(db, writes)
+                charged += len(writes)
+            except Exception:
+                for write in writes:
+                    try:
+                        self._commit(db, [write])
+                        charged += 1
+                    except Exception as exc:
+                        log.error("hold of a dead process not charged: %s: %s",
+                                  type(exc).__name__, exc)
+        return charged
 
     async def close(self) -> None:
         if self._db is not None:
@@ -231,10 +254,16 @@ class SqliteStore(Store):
             raise StoreError("embedded store is not open")
         rid = reservation.reservation_id
         self._hold(reservation, +1)  # in memory now: atomic with the check above
-        expires_at = time.time() + ttl_s
-        self._reservations[rid] = (reservation, expires_at)
+        held = self._reservations[rid] = _Held(reservation, time.time() + ttl_s)
         totals = tuple(self._totals(self._counter(k)) for k in reservation.keys)
-        await self._queue(_Hold(reservation, expires_at, None))  # durable before forwarding
+        try:
+            await self._queue(_Hold(held))  # durable before the call is forwarded
+        except asyncio.CancelledError:  # the caller is gone: never forwarded, so released
+            self._drop(rid)
+            if held.seq:  # already written (else `_done` deletes it once written)
+                with contextlib.suppress(StoreError):
+                    self._queue(_Drop(held.seq))
+            raise
         self._track(reservation, ttl_s)
         return ReserveResult(True, totals)
 
@@ -245,7 +274,9 @@ class SqliteStore(Store):
         transaction and one statement per table, so a burst pays one commit, not one each;
         each still returns only once its transaction has committed. (Waiting a few ms to batch
         more measured worse: the flush then lands in the middle of the next request.)"""
-        return await self._queue(_Settle.of(reservation, cost_nusd, tokens, record))
+        held = self._reservations.get(reservation.reservation_id)
+        return await self._queue(_Settle.of(reservation, cost_nusd, tokens, record,
+                                            held.seq if held else 0))
 
     def _queue(self, write: _Write) -> asyncio.Future[bool]:
         """Queue one write for the next group commit; its future resolves once committed."""
@@ -288,13 +319,16 @@ class SqliteStore(Store):
     def _done(self, write: _Write, result: bool) -> None:
         if isinstance(write, _Settle) and result:
             self._apply_settlement(write.reservation, write.cost_nusd, write.tokens)
+        elif isinstance(write, _Hold) and self._reservations.get(
+                write.held.reservation.reservation_id) is not write.held:
+            self._queue(_Drop(write.held.seq))  # released while it was being written
         if write.future is not None and not write.future.done():
             write.future.set_result(result)
 
     def _failed(self, write: _Write, exc: Exception) -> None:
         log.error("embedded store write failed: %s: %s", type(exc).__name__, exc)
         if isinstance(write, _Hold):  # never durable: the request is not forwarded on it
-            self._drop(write.reservation.reservation_id)
+            self._drop(write.held.reservation.reservation_id)
         if write.future is not None and not write.future.done():
             write.future.set_exception(StoreError(f"{type(exc).__name__}: {exc}"))
 
@@ -315,13 +349,14 @@ class SqliteStore(Store):
     @staticmethod
     def _write_batch(db: sqlite3.Connection, batch: list[_Write]) -> list[bool]:
         """Write a batch inside the open transaction: for settlements, which were new."""
-        holds = [w for w in batch if isinstance(w, _Hold)]
-        if holds:
-            db.executemany(
-                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?, ?)",
-                [(h.reservation.reservation_id, orjson.dumps(h.reservation.keys).decode(),
-                  h.reservation.cost_nusd, h.reservation.tokens, h.expires_at,
-                  h.reservation.intent) for h in holds])
+        for write in batch:
+            if isinstance(write, _Hold):
+                res = write.held.reservation
+                write.held.seq = db.execute(
+                    "INSERT INTO holds (reservation_id, keys, cost_nusd, tokens, expires_at, "
+                    "intent) VALUES (?, ?, ?, ?, ?, ?)",
+                    (res.reservation_id, orjson.dumps(res.keys).decode(), res.cost_nusd,
+                     res.tokens, write.held.expires_at, res.intent)).lastrowid or 0
         ids = [w.record.record_id for w in batch if isinstance(w, _Settle) and w.record]
         seen: set[str] = set()
         if ids:
@@ -331,17 +366,17 @@ class SqliteStore(Store):
         results: list[bool] = []
         rows: list[tuple[object, ...]] = []
         deltas: dict[str, list[int]] = {}
-        gone: list[tuple[str]] = []
+        gone: list[tuple[int]] = []
         for write in batch:
             if isinstance(write, _Hold):
                 results.append(True)
                 continue
+            if write.seq:
+                gone.append((write.seq,))
             if isinstance(write, _Drop):
-                gone.append((write.reservation_id,))
                 results.append(True)
                 continue
             reservation, record = write.reservation, write.record
-            gone.append((reservation.reservation_id,))
             if record is None:  # a settlement without a record (allocations): rare, one by one
                 new = bool(db.execute(
                     "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
@@ -367,31 +402,30 @@ class SqliteStore(Store):
                 [(key, d[0], d[1]) for key, d in deltas.items()],
             )
         if gone:
-            db.executemany("DELETE FROM reservations WHERE reservation_id = ?", gone)
+            db.executemany("DELETE FROM holds WHERE seq = ?", gone)
         return results
 
     def _apply_settlement(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:
         self._untrack(reservation.reservation_id)
         held = self._reservations.pop(reservation.reservation_id, None)
         if held is not None:
-            self._hold(held[0], -1)
+            self._hold(held.reservation, -1)
         for key in reservation.keys:
             counter = self._counter(key)
             counter[0] += cost_nusd
             counter[2] += tokens
 
     async def release(self, reservation: Reservation) -> None:
-        rid = reservation.reservation_id
-        self._untrack(rid)
-        if self._drop(rid):  # budget freed at once; the row goes in the next group commit
-            await self._queue(_Drop(rid, None))
+        self._untrack(reservation.reservation_id)
+        held = self._drop(reservation.reservation_id)
+        if held is not None and held.seq:  # budget freed at once; the row goes next commit
+            await self._queue(_Drop(held.seq))
 
-    def _drop(self, reservation_id: str) -> bool:
+    def _drop(self, reservation_id: str) -> _Held | None:
         held = self._reservations.pop(reservation_id, None)
-        if held is None:
-            return False
-        self._hold(held[0], -1)
-        return True
+        if held is not None:
+            self._hold(held.reservation, -1)
+        return held
 
     async def _renew(self, holds: list[LiveHold]) -> int:
         """In memory: the rows of live holds need no deadline (a restart charges them all)."""
@@ -401,7 +435,7 @@ class SqliteStore(Store):
             rid = hold.reservation.reservation_id
             held = self._reservations.get(rid)
             if held is not None:
-                self._reservations[rid] = (held[0], now + hold.ttl_s)
+                held.expires_at = now + hold.ttl_s
                 renewed += 1
         return renewed
 
@@ -412,14 +446,15 @@ class SqliteStore(Store):
 
     async def reap_expired(self) -> int:
         now = time.time()
-        expired = [res for res, exp in self._reservations.values() if exp <= now]
+        expired = [h for h in self._reservations.values() if h.expires_at <= now]
         writes: list[asyncio.Future[bool]] = []
-        for res in expired:
+        for held in expired:
+            res = held.reservation
             if res.intent is not None:  # a request that outlived its upstream timeout
                 writes.append(self._queue(_Settle.of(res, res.cost_nusd, res.tokens,
-                                                     unsettled_record(res))))
-            elif self._drop(res.reservation_id):
-                writes.append(self._queue(_Drop(res.reservation_id, None)))
+                                                     unsettled_record(res), held.seq)))
+            elif self._drop(res.reservation_id) is not None:
+                writes.append(self._queue(_Drop(held.seq)))
         done = await asyncio.gather(*writes, return_exceptions=True)
         return sum(1 for d in done if d is True)
 
@@ -484,6 +519,25 @@ class SqliteStore(Store):
                "LIMIT ? OFFSET ?")
         rows = self.db.execute(sql, [*params, query.limit, query.offset])
         return [UsageRecord.model_validate_json(body) for (body,) in rows]
+
+
+def _migrate_reservations(db: sqlite3.Connection) -> None:
+    """Holds of a database from before the `holds` table (all without an intent: released
+    at their deadline) move into it."""
+    if not db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                      "AND name = 'reservations'").fetchone():
+        return
+    db.execute("BEGIN")
+    try:
+        db.execute("INSERT INTO holds (reservation_id, keys, cost_nusd, tokens, expires_at) "
+                   "SELECT reservation_id, keys, cost_nusd, tokens, expires_at "
+                   "FROM reservations")
+        db.execute("DROP TABLE reservations")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _usage_row(record: UsageRecord, body: str) -> tuple[object, ...]:
