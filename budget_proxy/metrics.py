@@ -61,6 +61,7 @@ from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import CEILING_MODEL
 from budget_proxy.status import current_window, status_keys, window_statuses
 from budget_proxy.store.base import Store, StoreError
+from budget_proxy.usage import USAGE_FLAGS
 from budget_proxy.virtual_keys import KeyRing
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ ERROR_CODES = frozenset({
     "budget_exceeded", "budget_store_unavailable", "invalid_json", "missing_model",
     "request_too_large", "unknown_model_price", "unknown_route", "upstream_unreachable",
     "invalid_path", "unmetered_route", "invalid_api_key", "invalid_header",
-    "provider_key_missing",
+    "provider_key_missing", "bad_upstream_response", "upstream_timeout",
 })
 OUTCOMES = ("ok", "aborted", "error")
 STORE_OPERATIONS = ("reserve", "settle", "release")
@@ -118,8 +119,7 @@ ALERT_TYPES = ("warning_threshold", "action_threshold", "limit_reached", "price_
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "429", "5xx", "unreachable")
 # why a usage record's figures are not the provider's plain answer: the usage reader's flags
 # (`budget_proxy.usage.USAGE_FLAGS`) and a charge at the unknown-model ceiling
-FLAG_REASONS = ("negative_count", "absurd_count", "wrong_type", "missing_count",
-                "unparseable_usage", "unpriced_model")
+FLAG_REASONS = (*USAGE_FLAGS, "unpriced_model")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 REFUSING_TYPES = frozenset({"hard_limit", "shadow"})
 
