@@ -111,8 +111,8 @@ async def test_a_cancelled_reserve_leaves_no_hold(store: SqliteStore, cancel_aft
     intent = intent_json({"provider": "openai", "model": "gpt-4o"})
     task = asyncio.create_task(store.reserve(Reservation("gone", (A.key,), 100, 1, intent),
                                              [A], 60))
-    while not store._pending:  # the hold is queued for the next group commit
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop step: the task runs until it awaits its hold's commit
+    assert store._pending  # queued for the next group commit, not yet written
     if cancel_after_commit:
         store._flush()
     task.cancel()
