@@ -704,9 +704,9 @@ class Proxy:
         if outcome == "error":
             try:
                 await self.store.release(reservation)
-            except StoreError as exc:  # the hold expires: the reaper releases it
-                log.warning("release of %s failed, the reaper will release it: %s",
-                            reservation.reservation_id, exc)
+            except StoreError as exc:  # retried by the store with its hold renewals
+                log.warning("release of %s failed (retried): %s", reservation.reservation_id,
+                            exc)
                 for hook in self.on_store_failure:
                     hook("release")
             for finish in self.on_finish:
