@@ -22,16 +22,23 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ProviderApi = Literal["openai", "anthropic", "gemini"]
+ProviderApi = Literal["openai", "anthropic", "gemini", "azure", "ollama"]
 
 
 class ProviderConfig(BaseModel):
-    """One upstream: where it lives, which wire format it speaks, which key the proxy holds."""
+    """One upstream: where it lives, which wire format it speaks (its adapter in
+    `budget_proxy.providers`), which key the proxy holds."""
 
     name: str
     base_url: str
     api: ProviderApi = "openai"
     api_key_env: str | None = None
+    key_required: bool | None = Field(
+        None, description="Refuse calls while the proxy holds no key for this provider; "
+        "unset: as its API family needs (an `ollama` runtime needs none).")
+    deployments: dict[str, str] = Field(
+        default_factory=dict, description="Azure: deployment name -> the catalog model it "
+        "serves; a deployment not listed is priced as the model of its own name.")
 
     @property
     def api_key(self) -> str | None:

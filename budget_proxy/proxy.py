@@ -20,7 +20,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
-import orjson
 from aiohttp import web
 from yarl import URL
 
@@ -40,6 +39,7 @@ from budget_proxy.models import MAX_CALL_TOKENS, PolicyType, UsageRecord, new_id
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
+from budget_proxy.providers import Adapter, Plan, RequestProblem, adapter_for
 from budget_proxy.routing import Classified, Refusal, RouteClass
 from budget_proxy.store.base import (
     Reservation,
@@ -50,14 +50,7 @@ from budget_proxy.store.base import (
 )
 from budget_proxy.store.journal import SettlementJournaled
 from budget_proxy.usage import Usage, cost_of, worst_case_nusd
-from budget_proxy.wire import (
-    DEFAULT_MAX_OUTPUT_TOKENS,
-    SSEParser,
-    UsageTap,
-    error_body,
-    is_streaming,
-    requested_max_output,
-)
+from budget_proxy.wire import DEFAULT_MAX_OUTPUT_TOKENS, StreamParser, UsageTap
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +182,9 @@ class Proxy:
             raise Refusal(404, "unknown_route", f"no provider route for {raw_path}")
         provider, rest = resolved
         self.identify(request, provider.api)
-        if not provider.api_key:
+        adapter = adapter_for(provider.api)
+        needs_key = adapter.needs_key if provider.key_required is None else provider.key_required
+        if needs_key and not provider.api_key:
             where = (f"set {provider.api_key_env}" if provider.api_key_env else
                      f"set api_key_env in its [providers.{provider.name}] table")
             raise Refusal(503, "provider_key_missing", f"the budget proxy holds no API key for "
@@ -228,12 +223,7 @@ class Proxy:
         headers["Accept-Encoding"] = "identity"
         key = provider.api_key
         if key:
-            if provider.api == "anthropic":
-                headers["x-api-key"] = key
-            elif provider.api == "gemini":
-                headers["x-goog-api-key"] = key
-            else:
-                headers["Authorization"] = f"Bearer {key}"
+            headers.update(adapter_for(provider.api).auth_headers(key))
         return headers
 
     # identify -----------------------------------------------------------------------------
@@ -294,7 +284,7 @@ class Proxy:
         for hook in self.on_error_response:
             hook(api, status, code or "")
         return web.Response(
-            status=status, body=error_body(api, status, message, code=code),
+            status=status, body=adapter_for(api).error_body(status, message, code=code),
             content_type="application/json", headers=headers,
         )
 
@@ -312,6 +302,9 @@ class Proxy:
     async def pass_through(
         self, request: web.Request, provider: ProviderConfig, rest: str
     ) -> web.StreamResponse:
+        """Forward a free (or allowed unmetered) request as is. Upstream transport errors are
+        answered as in `forward`: 502 in the provider's format before the client got a byte,
+        a closed connection after."""
         body = await self.read_body(request, provider.api)
         if isinstance(body, web.Response):
             return body
@@ -321,15 +314,29 @@ class Proxy:
                 headers=self.upstream_headers(request, provider), data=body or None,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return self.error(provider.api, 502, f"upstream {provider.name} unreachable: {exc}",
-                              code="upstream_unreachable")
+            message, code = _upstream_failure(provider.name, exc)
+            return self.error(provider.api, 502, message, code=code)
         async with upstream:
             response = web.StreamResponse(status=upstream.status,
                                           headers=_response_headers(upstream))
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    if not response.prepared:
+                        await response.prepare(request)
+                    await response.write(chunk)
+                if not response.prepared:
+                    await response.prepare(request)  # an empty body
+                await response.write_eof()
+            except ConnectionResetError:
+                log.info("client went away during a pass-through answer")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if not response.prepared:
+                    message, code = _upstream_failure(provider.name, exc)
+                    return self.error(provider.api, 502, message, code=code)
+                log.warning("upstream %s answer broke after %d bytes were relayed: %s",
+                            provider.name, upstream.content.total_bytes, _one_line(exc))
+                if request.transport is not None:
+                    request.transport.close()
             return response
 
     async def metered(
@@ -337,25 +344,19 @@ class Proxy:
         started_at: float,
     ) -> web.StreamResponse:
         api = provider.api
+        adapter = adapter_for(api)
         raw = await self.read_body(request, api)
         if isinstance(raw, web.Response):
             return raw
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return self.error(api, 400, f"request body is not valid JSON: {exc}",
-                              code="invalid_json")
-        if not isinstance(body, dict):
-            return self.error(api, 400, "request body must be a JSON object", code="invalid_json")
-        model = body.get("model")
-        if kind == "gemini":
-            model = rest.rsplit("/", 1)[-1].split(":", 1)[0]
-        if not isinstance(model, str) or not model:
-            return self.error(api, 400, "request has no 'model'", code="missing_model")
+            plan = adapter.plan(kind, rest, request.rel_url.raw_query_string, raw, provider)
+        except RequestProblem as problem:
+            return self.error(api, 400, problem.message, code=problem.code)
+        model = requested_model = plan.model
 
         who = self.attribution(request)
-        requested_model = model
-        price = self.price_for(provider.name, model)
+        priced_as = adapter.catalog_provider(provider)
+        price = self.price_for(priced_as, model)
         if price is None:  # BUDGET_UNKNOWN_PRICE=refuse: never forwarded, never free
             return self.error(
                 api, 400, f"model {model!r} (provider {provider.name}) has no price in the "
@@ -367,20 +368,10 @@ class Proxy:
             return planned
         lines, who = planned
         notes: list[str] = []
-        rewrite = False
 
-        streaming = is_streaming(kind, body, rest)
-        strip_usage = False
-        if streaming and api == "openai" and kind in ("chat.completions", "completions"):
-            options = body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage")):
-                body["stream_options"] = {**(options or {}), "include_usage": True}
-                strip_usage = rewrite = True
-
-        input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
-        max_out = requested_max_output(kind, body)
-        reservation = self.reservation_for(lines, input_tokens, max_out, price, Call(
-            provider.name, kind, model, requested_model, who, streaming))
+        input_tokens = await adapter.count_input(plan, len(raw))
+        reservation = self.reservation_for(lines, input_tokens, plan, price, Call(
+            provider.name, kind, model, requested_model, who, plan.streaming))
         result = await self.reserve(api, lines, reservation, notes)
         if isinstance(result, web.Response):
             return result
@@ -392,8 +383,9 @@ class Proxy:
             before = _without_hold(result, reservation)
             moved, soft_notes = soft_limit_move(self.policies.by_id, lines, before)
             notes.extend(soft_notes)
-            moved_price = self.price_for(provider.name, moved) if moved and moved != model else None
-            if moved and moved_price is not None:
+            moved_price = self.price_for(priced_as, moved) if moved and moved != model else None
+            moved_plan = adapter.with_model(plan, moved) if moved and moved_price else None
+            if moved and moved_price is not None and moved_plan is not None:
                 if result.ok:
                     try:
                         await self.store.release(reservation)
@@ -403,12 +395,10 @@ class Proxy:
                                                 who, now)
                 if isinstance(planned, web.Response):
                     return planned
-                model, price, (lines, who) = moved, moved_price, planned
-                body["model"] = moved
-                rewrite = True
-                input_tokens = await tokens.count_request_input_async(api, kind, body, len(raw))
-                reservation = self.reservation_for(lines, input_tokens, max_out, price, Call(
-                    provider.name, kind, model, requested_model, who, streaming))
+                model, price, plan, (lines, who) = moved, moved_price, moved_plan, planned
+                input_tokens = await adapter.count_input(plan, len(raw))
+                reservation = self.reservation_for(lines, input_tokens, plan, price, Call(
+                    provider.name, kind, model, requested_model, who, plan.streaming))
                 result = await self.reserve(api, lines, reservation, notes)
                 if isinstance(result, web.Response):
                     return result
@@ -419,13 +409,12 @@ class Proxy:
             provider=provider.name, api=api, endpoint=kind, route=rest, model=model,
             requested_model=requested_model, price=price, attribution=who,
             reservation=reservation, lines=tuple(lines), input_tokens_estimate=input_tokens,
-            streamed=streaming,
+            streamed=plan.streaming,
             started_at=started_at,
         )
         headers = self.budget_headers(lines, result, notes)
-        if rewrite:
-            raw = orjson.dumps(body)
-        return await self.forward(request, provider, rest, raw, meta, headers, strip_usage)
+        return await self.forward(request, provider, rest, plan.upstream_body(raw), meta,
+                                  headers, adapter, plan)
 
     async def plan_lines(
         self, request: web.Request, api: str, provider: str, model: str, price: ModelPrice,
@@ -468,14 +457,16 @@ class Proxy:
         return lines, who
 
     @staticmethod
-    def reservation_for(lines: list[CounterLine], input_tokens: int, max_out: int | None,
+    def reservation_for(lines: list[CounterLine], input_tokens: int, plan: Plan,
                         price: ModelPrice, call: Call) -> Reservation:
-        """The worst case of a call: all its input plus the most output it allows (each
-        clamped to `MAX_CALL_TOKENS`), with its intent: the `unsettled` usage record that
-        charges the hold if this process dies before the settlement (same record id)."""
+        """The worst case of a call: all its input plus the most output it allows, once per
+        answer it asks for (`n`), with or without an explicit cap (each clamped to
+        `MAX_CALL_TOKENS`); with its intent: the `unsettled` usage record that charges the
+        hold if this process dies before the settlement (same record id)."""
+        max_out = plan.max_output_tokens
         if max_out is None:
             max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
-        max_out = min(max(max_out, 0), MAX_CALL_TOKENS)
+        max_out = min(max(max_out, 0) * plan.choices, MAX_CALL_TOKENS)
         input_tokens = min(max(input_tokens, 0), MAX_CALL_TOKENS)
         reservation_id = new_id("res")
         cost_nusd = worst_case_nusd(input_tokens, max_out, price)
@@ -582,14 +573,14 @@ class Proxy:
     # forward and settle -------------------------------------------------------------------
     async def forward(
         self, request: web.Request, provider: ProviderConfig, rest: str, raw: bytes,
-        meta: Metered, budget_headers: dict[str, str], strip_usage: bool,
+        meta: Metered, budget_headers: dict[str, str], adapter: Adapter, plan: Plan,
     ) -> web.StreamResponse:
-        tap = UsageTap(api=meta.api, endpoint=meta.endpoint, strip_usage_chunk=strip_usage)
+        tap = adapter.tap(plan)
         try:
             meta.upstream_sent_at = time.perf_counter()
             try:
                 upstream = await self.session.post(
-                    self.upstream_url(provider, rest, request.query_string),
+                    self.upstream_url(provider, rest, request.rel_url.raw_query_string),
                     headers=self.upstream_headers(request, provider), data=raw,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -601,10 +592,12 @@ class Proxy:
             async with upstream:
                 headers = _response_headers(upstream)
                 headers.update(budget_headers)
-                if upstream.content_type == "text/event-stream" and upstream.status < 400:
+                parser = (adapter.stream_parser(plan, upstream.content_type)
+                          if upstream.status < 400 else None)
+                if parser is not None:
                     meta.outcome = "aborted"
                     response, complete = await self.relay_stream(
-                        request, upstream, headers, tap, meta)
+                        request, upstream, headers, parser, tap, meta)
                     if complete:
                         meta.outcome = "ok"
                     return response
@@ -638,16 +631,16 @@ class Proxy:
 
     async def relay_stream(
         self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
-        tap: UsageTap, meta: Metered,
+        parser: StreamParser, tap: UsageTap, meta: Metered,
     ) -> tuple[web.StreamResponse, bool]:
-        """Relay SSE event by event, each as received; (response, whether the stream ran to
-        its end). The client's headers wait for the upstream's first bytes, so an upstream
-        that breaks before sending any is answered 502 in the provider's format (and the hold
-        released); one that breaks later is cut at the client too (its connection is closed
-        without the end of the body, as the upstream's was) and settled from what was
-        streamed. A failure of the usage tap never cuts a stream: the event is relayed."""
+        """Relay a stream unit by unit (SSE events, NDJSON lines...), each as received;
+        (response, whether the stream ran to its end). The client's headers wait for the
+        upstream's first bytes, so an upstream that breaks before sending any is answered 502
+        in the provider's format (and the hold released); one that breaks later is cut at the
+        client too (its connection is closed without the end of the body, as the upstream's
+        was) and settled from what was streamed. A failure of the usage tap never cuts a
+        stream: the unit is relayed."""
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        parser = SSEParser()
         tap_failed = False
 
         def relayed(events: list[bytes]) -> bytes:

@@ -21,27 +21,8 @@ from urllib.parse import quote
 from yarl import URL
 
 from budget_proxy.config import ProviderConfig
+from budget_proxy.providers import adapter_for
 
-# path (relative to the provider's API root) -> metered endpoint kind
-OPENAI_ENDPOINTS = {
-    "chat/completions": "chat.completions",
-    "responses": "responses",
-    "completions": "completions",
-    "embeddings": "embeddings",
-}
-ANTHROPIC_ENDPOINTS = {"v1/messages": "messages"}
-GEMINI_METHODS = {":generateContent": "gemini", ":streamGenerateContent": "gemini"}
-
-# POSTs that cost nothing at the provider; `*` is one path segment (an id)
-FREE_POSTS: dict[str, tuple[str, ...]] = {
-    "openai": (
-        "moderations", "files", "uploads", "uploads/*/parts", "uploads/*/complete",
-        "uploads/*/cancel", "responses/input_tokens", "responses/*/cancel",
-    ),
-    "anthropic": ("v1/messages/count_tokens",),
-    "gemini": (),
-}
-GEMINI_FREE_METHODS = (":countTokens",)
 FREE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 
 # attribution headers: bounded, printable, or refused at the edge
@@ -94,9 +75,6 @@ class Classified:
 
 
 FREE = Classified(RouteClass.FREE)
-_METERED = {kind: Classified(RouteClass.METERED, endpoint=kind)
-            for kind in (*OPENAI_ENDPOINTS.values(), *ANTHROPIC_ENDPOINTS.values(),
-                         *GEMINI_METHODS.values())}
 
 
 def path_problem(raw_path: str) -> str | None:
@@ -131,9 +109,7 @@ def resolve(
     provider = providers.get(head)
     if provider is None:
         return None
-    if provider.api == "openai" and rest.startswith("v1/"):
-        rest = rest[3:]
-    return provider, rest
+    return provider, adapter_for(provider.api).api_root(rest)
 
 
 def api_for_path(providers: Mapping[str, ProviderConfig], raw_path: str) -> str | None:
@@ -146,33 +122,11 @@ def api_for_path(providers: Mapping[str, ProviderConfig], raw_path: str) -> str 
 def endpoint_kind(api: str, path: str) -> str | None:
     """The metered endpoint a POST path (canonical, under the API root) is, or None. Exact
     spellings only: `Chat/Completions` or an escape in a Gemini model name is not metered."""
-    if api == "anthropic":
-        return ANTHROPIC_ENDPOINTS.get(path)
-    if api == "gemini":
-        if "%" in path:
-            return None
-        return next((kind for suffix, kind in GEMINI_METHODS.items() if path.endswith(suffix)),
-                    None)
-    return OPENAI_ENDPOINTS.get(path)
-
-
-def _matches(pattern: str, path: str) -> bool:
-    want, have = pattern.split("/"), path.split("/")
-    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=True))
+    return adapter_for(api).endpoint_kind(path)
 
 
 def is_free_post(api: str, path: str) -> bool:
-    if api == "gemini" and path.endswith(GEMINI_FREE_METHODS) and "%" not in path:
-        return True
-    return any(_matches(pattern, path) for pattern in FREE_POSTS.get(api, ()))
-
-
-def _is_batch(api: str, path: str) -> bool:
-    if api == "anthropic":
-        return path == "v1/messages/batches" or path.startswith("v1/messages/batches/")
-    if api == "gemini":
-        return path.endswith((":batchGenerateContent", ":asyncBatchEmbedContent"))
-    return path == "batches" or path.startswith("batches/")
+    return adapter_for(api).is_free_post(path)
 
 
 def classify(api: str, method: str, path: str, *, websocket: bool = False) -> Classified:
@@ -184,16 +138,13 @@ def classify(api: str, method: str, path: str, *, websocket: bool = False) -> Cl
         return FREE
     if method != "POST":
         return Classified(RouteClass.REFUSED, reason=f"method {method} is not metered")
-    kind = endpoint_kind(api, path)
+    adapter = adapter_for(api)
+    kind = adapter.endpoint_kind(path)
     if kind is not None:
-        return _METERED[kind]
-    if is_free_post(api, path):
+        return Classified(RouteClass.METERED, endpoint=kind)
+    if adapter.is_free_post(path):
         return FREE
-    if _is_batch(api, path):
-        return Classified(RouteClass.REFUSED, reason="batch jobs are not metered")
-    if api == "openai" and (path == "realtime" or path.startswith("realtime/")):
-        return Classified(RouteClass.REFUSED, reason="realtime sessions are not metered")
-    return Classified(RouteClass.REFUSED, reason="this endpoint is not metered")
+    return Classified(RouteClass.REFUSED, reason=adapter.refused_reason(path))
 
 
 def path_shape(path: str) -> str:

@@ -43,6 +43,7 @@ Non-blocking
 
 import asyncio
 import binascii
+import functools
 import gzip
 import hashlib
 import json
@@ -558,12 +559,85 @@ def _messages(tally: _Tally, body: dict[str, Any]) -> None:
     _tools(tally, body)
 
 
+def _gemini_parts(tally: _Tally, parts: Any) -> None:
+    if not isinstance(parts, list):
+        tally.json(parts)
+        return
+    for part in parts:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            tally.text(part["text"])
+        elif isinstance(part, dict) and ("inlineData" in part or "fileData" in part):
+            tally.fixed(DOCUMENT_TOKENS)  # an image, audio or a document: its size is unknown
+        else:
+            tally.json(part)
+
+
+def _gemini(tally: _Tally, body: dict[str, Any]) -> None:
+    """`generateContent`: `contents` of `{role, parts}`, `systemInstruction`, `tools`."""
+    system = body.get("systemInstruction")
+    if isinstance(system, dict):
+        _gemini_parts(tally, system.get("parts"))
+    else:
+        tally.text(system)
+    contents = body.get("contents")
+    if isinstance(contents, list):
+        for content in contents:
+            tally.fixed(TOKENS_PER_MESSAGE)
+            if isinstance(content, dict):
+                _gemini_parts(tally, content.get("parts"))
+            else:
+                tally.json(content)
+    else:
+        tally.json(contents)
+    _tools(tally, body)
+
+
+def _ollama_images(tally: _Tally, images: Any) -> None:
+    if isinstance(images, list):
+        tally.fixed(IMAGE_TOKENS_OPENAI * len(images))
+    elif images is not None:
+        tally.json(images)
+
+
+def _ollama_chat(tally: _Tally, body: dict[str, Any]) -> None:
+    """Ollama's `api/chat`: messages of `{role, content, images, tool_calls}`."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            tally.fixed(TOKENS_PER_MESSAGE)
+            if not isinstance(message, dict):
+                tally.json(message)
+                continue
+            for key, value in message.items():
+                if key == "images":
+                    _ollama_images(tally, value)
+                elif key == "tool_calls":
+                    tally.json(value)
+                else:
+                    tally.text(value)
+        tally.fixed(REPLY_PRIMING_TOKENS)
+    else:
+        tally.json(messages)
+    _tools(tally, body)
+
+
+def _ollama_generate(tally: _Tally, body: dict[str, Any]) -> None:
+    """Ollama's `api/generate`: `prompt`, `system`, `suffix`, `images`."""
+    for key in ("system", "prompt", "suffix", "template"):
+        tally.text(body.get(key))
+    _ollama_images(tally, body.get("images"))
+
+
 _ENDPOINTS: Final = {
     "chat.completions": _chat_completions,
     "responses": _responses,
     "completions": _completions,
     "embeddings": _embeddings,
     "messages": _messages,
+    "gemini": _gemini,
+    "ollama.chat": _ollama_chat,
+    "ollama.generate": _ollama_generate,
+    "ollama.embed": _embeddings,
 }
 
 
@@ -592,17 +666,20 @@ def _json_chars(value: Any) -> int:
     return total
 
 
-def count_request_input(api: str, endpoint: str, body: dict[str, Any]) -> int:
+def count_request_input(
+    endpoint: str, body: dict[str, Any], *, at_least_as: str | None = None
+) -> int:
     """Estimated input tokens of a request body, erring high; never raises on bad shapes.
 
-    ``api`` is ``"openai"`` or ``"anthropic"``; Anthropic-format requests are scaled by at
-    least the Claude factor whatever model name they carry. An unknown endpoint counts the
-    JSON text of the whole body.
+    The text is scaled by the factor of the body's model, or of ``at_least_as`` when that is
+    larger (an API family whose tokenizer is known whatever the model is called: Anthropic's
+    requests count at least at Claude's rate). An unknown endpoint counts the JSON text of
+    the whole body.
     """
     model = _body_model(body)
     percent = _factor_percent(model)
-    if api == "anthropic":
-        percent = max(percent, _CLAUDE_PERCENT)
+    if at_least_as is not None:
+        percent = max(percent, _factor_percent(at_least_as))
     tally = _Tally(get_encoding(encoding_name_for_model(model)))
     try:
         handler = _ENDPOINTS.get(endpoint)
@@ -618,7 +695,8 @@ def count_request_input(api: str, endpoint: str, body: dict[str, Any]) -> int:
 
 
 async def count_request_input_async(
-    api: str, endpoint: str, body: dict[str, Any], raw_len: int | None = None
+    endpoint: str, body: dict[str, Any], raw_len: int | None = None, *,
+    at_least_as: str | None = None,
 ) -> int:
     """:func:`count_request_input` without blocking the event loop on big bodies.
 
@@ -629,6 +707,7 @@ async def count_request_input_async(
     size = raw_len if raw_len is not None else _json_chars(body)
     encoding_name = encoding_name_for_model(_body_model(body))
     if size < INLINE_LIMIT_CHARS and encoding_name in _ENCODINGS:
-        return count_request_input(api, endpoint, body)
+        return count_request_input(endpoint, body, at_least_as=at_least_as)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, count_request_input, api, endpoint, body)
+    return await loop.run_in_executor(
+        None, functools.partial(count_request_input, endpoint, body, at_least_as=at_least_as))

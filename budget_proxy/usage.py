@@ -181,6 +181,19 @@ def from_gemini(usage_metadata: Any) -> Usage:
                    output_tokens=candidates + thoughts, reasoning_tokens=thoughts)
 
 
+def from_ollama(answer: Any, *, output_expected: bool = True) -> Usage:
+    """Ollama's native answer (the last NDJSON line of a stream, `"done": true`):
+    `prompt_eval_count` input and `eval_count` output. Ollama leaves `prompt_eval_count` out
+    when the whole prompt came from its cache: no input tokens were evaluated, so none are
+    counted. Embeddings (`api/embed`) report input only."""
+    r = _Reader()
+    u = r.section(answer, main=True)
+    return r.usage(
+        input_tokens=r.count(u.get("prompt_eval_count"), main=True),
+        output_tokens=r.count(u.get("eval_count"), main=True, required=output_expected),
+    )
+
+
 def merge_flags(*groups: tuple[str, ...]) -> tuple[str, ...]:
     """Flags of several readings, each once, in order."""
     return tuple(dict.fromkeys(flag for group in groups for flag in group))

@@ -1,81 +1,33 @@
-"""Provider wire formats: error envelopes, SSE parsing, usage taps (routes: `routing`).
+"""Wire formats every API family shares: stream framings (SSE, NDJSON, a streamed JSON
+array), tolerant JSON reading, and the usage tap's common part. Each family's own shapes live
+in its adapter (`budget_proxy.providers`).
 
-Everything here is pure (bytes and dicts in, bytes and dicts out) so each provider shape is
-tested without sockets. SSE parsing keeps partial events across network chunks: one event may
-arrive in many reads and one read may carry many events.
+Everything here is pure (bytes and dicts in, bytes and dicts out) so each shape is tested
+without sockets. Parsers keep partial units across network chunks: one event may arrive in
+many reads and one read may carry many events.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from budget_proxy.usage import (
-    UNPARSEABLE_USAGE,
-    Usage,
-    clamp_count,
-    from_anthropic,
-    from_gemini,
-    from_openai,
-    merge_flags,
-)
+from budget_proxy.usage import UNPARSEABLE_USAGE, Usage, clamp_count, merge_flags
 
 # default max output when neither the request nor the catalog says (completions' API default)
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 
-def requested_max_output(endpoint: str, body: dict[str, Any]) -> int | None:
-    """The output cap the request itself sets, if any."""
-    if endpoint == "embeddings":
-        return 0
-    if endpoint == "chat.completions":
-        keys: tuple[str, ...] = ("max_completion_tokens", "max_tokens")
-    elif endpoint == "responses":
-        keys = ("max_output_tokens",)
-    elif endpoint == "gemini":
-        config = body.get("generationConfig") or {}
-        value = config.get("maxOutputTokens")
-        return value if isinstance(value, int) and value >= 0 else None
-    else:  # completions, messages
-        keys = ("max_tokens",)
-    for key in keys:
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            n = body.get("n")
-            return value * n if endpoint != "messages" and isinstance(n, int) and n > 1 else value
-    return None
-
-
-def is_streaming(endpoint: str, body: dict[str, Any], path: str) -> bool:
-    if endpoint == "gemini":
-        return path.endswith(":streamGenerateContent")
-    return body.get("stream") is True
-
-
 def error_body(api: str, status: int, message: str, *, code: str | None = None) -> bytes:
-    """An error in the caller's provider format, so its SDK raises its usual exception."""
-    if api == "anthropic":
-        kind = {
-            400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-            503: "overloaded_error", 529: "overloaded_error",
-        }.get(status, "api_error")
-        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-    if api == "gemini":
-        return orjson.dumps({"error": {"code": status, "message": message,
-                                       "status": _GEMINI_STATUS.get(status, "INTERNAL")}})
-    kind = {
-        400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-        413: "invalid_request_error", 429: "insufficient_quota", 503: "service_unavailable",
-    }.get(status, "server_error")
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    """An error in the caller's provider format, so its SDK raises its usual exception (the
+    envelope is the family adapter's: `budget_proxy.providers`)."""
+    from budget_proxy.providers import adapter_for  # the adapters build on this module
 
-
-_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "INVALID_ARGUMENT",
-                  429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+    return adapter_for(api).error_body(status, message, code=code)
 
 
 class SSEParser:
@@ -222,32 +174,134 @@ def answer_text(answer: Any) -> str:
     return "".join(parts)
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+class StreamParser(Protocol):
+    """Splits a streamed answer into units (SSE events, NDJSON lines, JSON array elements),
+    byte for byte: relaying every unit, then `flush()`, relays the stream unchanged."""
+
+    def feed(self, chunk: bytes) -> list[bytes]: ...
+    def flush(self) -> bytes: ...
+
+
+class NDJSONParser:
+    """Newline-delimited JSON (Ollama's streams): one unit per line, its LF included."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf
+        resume = len(buf)
+        buf += chunk
+        end = buf.rfind(b"\n", resume)
+        if end < 0:
+            return []
+        lines = bytes(buf[:end + 1]).splitlines(keepends=True)
+        del buf[:end + 1]
+        return lines
+
+    def flush(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+_JSON_STRUCT = re.compile(rb'["{}\[\]]')
+_JSON_STRING_END = re.compile(rb'["\\]')
+
+
+class JSONArrayParser:
+    """A JSON array streamed element by element (Gemini's `streamGenerateContent` without
+    `alt=sse`): each unit ends right after one top-level element's closing brace, so
+    `json_element(unit)` is that element's text. Brackets inside strings are skipped; the
+    scan resumes where the last read stopped (linear in the stream's size)."""
+
+    __slots__ = ("_buf", "_depth", "_in_string", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._depth = 0  # 1 inside the array, 2 inside an element, ...
+        self._in_string = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += chunk
+        units: list[bytes] = []
+        start = 0
+        pos = self._pos
+        size = len(buf)
+        while pos < size:
+            if self._in_string:
+                found = _JSON_STRING_END.search(buf, pos)
+                if found is None:
+                    pos = size
+                    break
+                if found.group() == b"\\":
+                    if found.end() >= size:  # an escape split between reads
+                        pos = found.start()
+                        break
+                    pos = found.end() + 1
+                    continue
+                self._in_string = False
+                pos = found.end()
+                continue
+            found = _JSON_STRUCT.search(buf, pos)
+            if found is None:
+                pos = size
+                break
+            char = found.group()
+            pos = found.end()
+            if char == b'"':
+                self._in_string = True
+            elif char in (b"{", b"["):
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 1 and char == b"}":
+                    units.append(bytes(buf[start:pos]))
+                    start = pos
+        del buf[:start]
+        self._pos = pos - start
+        return units
+
+    def flush(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._pos = 0
+        return rest
+
+
+def json_element(unit: bytes) -> bytes:
+    """The element of a `JSONArrayParser` unit, without the `[` or `,` before it."""
+    return unit.lstrip(b" \t\r\n[,")
 
 
 @dataclass(slots=True)
 class UsageTap:
     """Reads usage (and the generated text, for settling a call whose usage is missing or
-    unusable) from one answer.
+    unusable) from one answer. Each API family subclasses it (`budget_proxy.providers`) for
+    the shapes of its answers and stream units.
 
     Total: any bytes and any JSON shape in, never an exception out; a wrong type anywhere is
     skipped (text) or clamped and flagged (usage, see `budget_proxy.usage`).
     """
 
-    api: str
     endpoint: str
     strip_usage_chunk: bool = False  # hide the usage-only chunk the proxy asked for
     usage: Usage | None = None
     model: str | None = None
     text_parts: list[str] = field(default_factory=list)
     answer: Any = None  # a non-streamed answer, read for its text only when needed
-    anthropic_start: Any = None  # `message_start` usage, as sent
-    anthropic_delta: dict[str, Any] = field(default_factory=dict)  # last `message_delta` usage
 
     def observe_answer(self, raw: bytes) -> None:
         """A complete (non-streamed) answer, as bytes."""
@@ -257,111 +311,24 @@ class UsageTap:
             self.observe_json(answer)
 
     def observe_json(self, body: dict[str, Any]) -> None:
-        """A complete (non-streamed) answer, or one Gemini stream chunk."""
-        if self.api == "gemini":
-            meta = body.get("usageMetadata")
-            if meta is not None:
-                self.usage = from_gemini(meta)
-        else:
-            usage = body.get("usage")
-            if usage is not None:
-                if self.api == "anthropic":
-                    self.usage = from_anthropic(usage)
-                else:
-                    self.usage = from_openai(usage,
-                                             output_expected=self.endpoint != "embeddings")
-        model = body.get("model") or body.get("modelVersion")
+        """A complete (non-streamed) answer, read for its usage and model."""
+        model = body.get("model")
         if isinstance(model, str):
             self.model = model
 
-    def observe_event(self, event: bytes) -> bool:
-        """Read one SSE event; False if it must not be forwarded to the client."""
-        name, data = event_data(event)
+    def observe_event(self, unit: bytes) -> bool:
+        """Read one stream unit (see `StreamParser`); False if it must not be relayed."""
+        name, data = event_data(unit)
         if not data or data == b"[DONE]":
             return True
         payload = loads_answer(data)
         if not isinstance(payload, dict):
             return True
-        if self.api == "anthropic":
-            self._anthropic(payload)
-            return True
-        if self.api == "gemini":
-            self.observe_json(payload)
-            for cand in _list(payload.get("candidates")):
-                for part in _list(_dict(_dict(cand).get("content")).get("parts")):
-                    text = _dict(part).get("text")
-                    if isinstance(text, str):
-                        self.text_parts.append(text)
-            return True
-        if self.endpoint == "responses":
-            kind = name or payload.get("type")
-            self._responses(kind if isinstance(kind, str) else None, payload)
-            return True
-        return self._openai_chunk(payload)
+        return self.observe_payload(name, payload)
 
-    def _openai_chunk(self, payload: dict[str, Any]) -> bool:
-        model = payload.get("model")
-        if isinstance(model, str):
-            self.model = model
-        choices = payload.get("choices")
-        for choice in _list(choices):
-            choice = _dict(choice)
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content")
-                if isinstance(content, str):
-                    self.text_parts.append(content)
-                for call in _list(delta.get("tool_calls")):
-                    args = _dict(_dict(call).get("function")).get("arguments")
-                    if isinstance(args, str):
-                        self.text_parts.append(args)
-            elif isinstance(choice.get("text"), str):
-                self.text_parts.append(choice["text"])
-        usage = payload.get("usage")
-        if usage is not None:
-            self.usage = from_openai(usage, output_expected=self.endpoint != "embeddings")
-            if self.strip_usage_chunk and not choices:
-                return False
+    def observe_payload(self, name: str | None, payload: dict[str, Any]) -> bool:
+        """One decoded stream unit; False if it must not be relayed."""
         return True
-
-    def _responses(self, kind: str | None, payload: dict[str, Any]) -> None:
-        if kind == "response.output_text.delta" and isinstance(payload.get("delta"), str):
-            self.text_parts.append(payload["delta"])
-        elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            response = _dict(payload.get("response"))
-            if response.get("usage") is not None:
-                self.usage = from_openai(response["usage"])
-            if isinstance(response.get("model"), str):
-                self.model = response["model"]
-
-    def _anthropic(self, payload: dict[str, Any]) -> None:
-        kind = payload.get("type")
-        if kind == "message_start":
-            message = _dict(payload.get("message"))
-            start = message.get("usage")
-            # kept as sent (a wrong type included), so that reading it flags it
-            self.anthropic_start = {} if start is None else start
-            if isinstance(message.get("model"), str):
-                self.model = message["model"]
-        elif kind == "content_block_delta":
-            delta = _dict(payload.get("delta"))
-            for key in ("text", "partial_json", "thinking"):
-                if isinstance(delta.get(key), str):
-                    self.text_parts.append(delta[key])
-        elif kind == "message_delta":
-            usage = payload.get("usage")
-            if isinstance(usage, dict):
-                # later figures update the start's (cumulative output; newer APIs repeat the
-                # input and cache counts); absent ones (null) do not erase them
-                self.anthropic_delta.update((k, v) for k, v in usage.items() if v is not None)
-            elif usage is not None:
-                self.anthropic_delta["output_tokens"] = usage  # read, and flagged, as sent
-        if self.anthropic_start is not None and kind in ("message_delta", "message_stop"):
-            self.usage = from_anthropic(self._anthropic_merged())
-
-    def _anthropic_merged(self) -> Any:
-        start = self.anthropic_start
-        return {**start, **self.anthropic_delta} if isinstance(start, dict) else start
 
     def output_text(self) -> str:
         """The generated text seen: streamed deltas, or the text of a non-streamed answer."""
@@ -372,25 +339,29 @@ class UsageTap:
     def streamed_text(self) -> str:
         return self.output_text()
 
+    def confirmed(self) -> tuple[Usage, int | None] | None:
+        """Figures the provider confirmed before its final usage (Anthropic's
+        `message_start`): the input side, and the output reported so far when it reads
+        cleanly; None when there are none."""
+        return None
+
     def fallback_usage(self, input_estimate: int, output_counted: int, *,
                        complete: bool) -> Usage:
         """The usage to settle when the provider's is missing (a stream cut short) or
-        unusable (a main count flagged): the input Anthropic's `message_start` confirmed when
+        unusable (a main count flagged): the input the provider confirmed (`confirmed`) when
         it reads cleanly, else the proxy's own count of the input; the output counted from
-        the text seen, or Anthropic's cumulative `output_tokens` when sane and larger. Keeps
-        the flags of the provider's figures; a `complete` answer without usage is flagged
+        the text seen, or the provider's reported output when sane and larger. Keeps the
+        flags of the provider's figures; a `complete` answer without usage is flagged
         `unparseable_usage`."""
         flags = self.usage.flags if self.usage is not None else ()
         if self.usage is None and complete:
             flags = merge_flags(flags, (UNPARSEABLE_USAGE,))
         output, _ = clamp_count(output_counted)
-        if self.anthropic_start is not None:
-            merged = self._anthropic_merged()
-            confirmed = from_anthropic(merged, output_tokens=0)  # its input side only
-            if confirmed.trusted:
-                reported, reason = clamp_count(_dict(merged).get("output_tokens"))
-                return replace(confirmed, output_tokens=max(output, 0 if reason else reported),
-                               flags=merge_flags(confirmed.flags, flags), trusted=False)
+        confirmed = self.confirmed()
+        if confirmed is not None and confirmed[0].trusted:
+            usage, reported = confirmed
+            return replace(usage, output_tokens=max(output, reported or 0),
+                           flags=merge_flags(usage.flags, flags), trusted=False)
         input_tokens, _ = clamp_count(input_estimate)
         return Usage(input_tokens=input_tokens, output_tokens=output, flags=flags,
                      trusted=False)

@@ -18,8 +18,9 @@ import orjson
 import pytest
 
 from budget_proxy.pricing import PriceCatalog
+from budget_proxy.providers import tap_for
 from budget_proxy.usage import Usage, cost_of
-from budget_proxy.wire import SSEParser, UsageTap
+from budget_proxy.wire import SSEParser
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def sse(events: list[Event], done: bool) -> bytes:
 
 
 def tap_json(wire: Wire) -> Usage:
-    tap = UsageTap(api=wire.api, endpoint=wire.endpoint)
+    tap = tap_for(wire.api, wire.endpoint)
     tap.observe_json(wire.body)
     assert tap.usage is not None
     return tap.usage
@@ -95,7 +96,7 @@ def tap_json(wire: Wire) -> Usage:
 def tap_stream(wire: Wire, chunk_bytes: int = 7) -> Usage:
     """The stream as the network delivers it: events split across reads."""
     raw = sse(wire.events, done=wire.api == "openai" and wire.endpoint != "responses")
-    tap = UsageTap(api=wire.api, endpoint=wire.endpoint)
+    tap = tap_for(wire.api, wire.endpoint)
     parser = SSEParser()
     for i in range(0, len(raw), chunk_bytes):
         for event in parser.feed(raw[i:i + chunk_bytes]):
@@ -331,7 +332,7 @@ def test_stream_cost_does_not_depend_on_network_chunking(chunk_bytes: int,
 
 def test_embeddings_cost(catalog: PriceCatalog):
     price = check_list_prices(catalog, "openai", "text-embedding-3-small", EMBEDDING_3_SMALL)
-    tap = UsageTap(api="openai", endpoint="embeddings")
+    tap = tap_for("openai", "embeddings")
     tap.observe_json({"object": "list", "model": "text-embedding-3-small",
                       "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
                       "usage": {"prompt_tokens": 12_345, "total_tokens": 12_345}})
@@ -345,7 +346,7 @@ def test_openai_usage_chunk_hidden_from_the_client_is_still_counted(catalog: Pri
     read all the same."""
     case = CASES["openai-chat-cache-hit"]
     price = check_list_prices(catalog, case.provider, case.model, case.rates)
-    tap = UsageTap(api="openai", endpoint="chat.completions", strip_usage_chunk=True)
+    tap = tap_for("openai", "chat.completions", strip_usage_chunk=True)
     parser = SSEParser()
     forwarded = [event for event in parser.feed(sse(case.wire().events, done=True))
                  if tap.observe_event(event)]

@@ -5,14 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from budget_proxy.providers import tap_for
 from budget_proxy.usage import Usage
-from budget_proxy.wire import (
-    SSEParser,
-    UsageTap,
-    error_body,
-    event_data,
-    requested_max_output,
-)
+from budget_proxy.wire import SSEParser, error_body, event_data
 
 
 def sse(obj, event=None) -> bytes:
@@ -41,7 +36,7 @@ def test_sse_parser_handles_crlf_and_multiline_data():
 
 
 def test_openai_stream_tap_strips_only_the_usage_chunk_it_asked_for():
-    tap = UsageTap("openai", "chat.completions", strip_usage_chunk=True)
+    tap = tap_for("openai", "chat.completions", strip_usage_chunk=True)
     chunk = sse({"model": "gpt-4o", "choices": [{"delta": {"content": "Hel"}}], "usage": None})
     usage_chunk = sse({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
     assert tap.observe_event(chunk) is True
@@ -49,12 +44,12 @@ def test_openai_stream_tap_strips_only_the_usage_chunk_it_asked_for():
     assert tap.observe_event(b"data: [DONE]\n\n") is True
     assert tap.usage == Usage(input_tokens=9, output_tokens=2)
     assert tap.streamed_text() == "Hel"
-    keep = UsageTap("openai", "chat.completions", strip_usage_chunk=False)
+    keep = tap_for("openai", "chat.completions", strip_usage_chunk=False)
     assert keep.observe_event(usage_chunk) is True
 
 
 def test_anthropic_stream_tap():
-    tap = UsageTap("anthropic", "messages")
+    tap = tap_for("anthropic", "messages")
     tap.observe_event(sse({"type": "message_start", "message": {
         "model": "claude-sonnet-4-5", "usage": {"input_tokens": 12, "output_tokens": 1,
                                                 "cache_read_input_tokens": 100}}},
@@ -68,7 +63,7 @@ def test_anthropic_stream_tap():
 
 
 def test_responses_stream_tap():
-    tap = UsageTap("openai", "responses")
+    tap = tap_for("openai", "responses")
     tap.observe_event(sse({"type": "response.output_text.delta", "delta": "ok"},
                           "response.output_text.delta"))
     tap.observe_event(sse({"type": "response.completed", "response": {
@@ -76,22 +71,6 @@ def test_responses_stream_tap():
         "response.completed"))
     assert tap.usage == Usage(input_tokens=5, output_tokens=7)
     assert tap.model == "gpt-4o"
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "body", "expected"),
-    [
-        ("chat.completions", {"max_completion_tokens": 50, "max_tokens": 10}, 50),
-        ("chat.completions", {"max_tokens": 10, "n": 3}, 30),
-        ("chat.completions", {}, None),
-        ("responses", {"max_output_tokens": 9}, 9),
-        ("messages", {"max_tokens": 1024}, 1024),
-        ("embeddings", {}, 0),
-        ("chat.completions", {"max_tokens": True}, None),
-    ],
-)
-def test_requested_max_output(endpoint, body, expected):
-    assert requested_max_output(endpoint, body) == expected
 
 
 def test_error_envelopes_match_the_providers():
@@ -202,13 +181,13 @@ KINDS = st.sampled_from(["message_start", "message_delta", "message_stop",
 @given(st.lists(st.tuples(KINDS, JSON_ANY), max_size=6), st.booleans())
 def test_the_tap_never_raises_on_any_json(events, strip):
     for api, endpoint in TAPS:
-        tap = UsageTap(api, endpoint, strip_usage_chunk=strip)
+        tap = tap_for(api, endpoint, strip_usage_chunk=strip)
         for kind, value in events:
             if isinstance(value, dict) and kind is not None:
                 value = {**value, "type": kind}
             raw = json.dumps(value).encode()  # big integers, NaN and Infinity included
             assert tap.observe_event(b"data: " + raw + b"\n\n") in (True, False)
-        answer = UsageTap(api, endpoint)
+        answer = tap_for(api, endpoint)
         answer.observe_answer(raw if events else b"")
         for t in (tap, answer):
             fallback = t.fallback_usage(10, 5, complete=True)
@@ -234,19 +213,19 @@ def test_the_tap_never_raises_on_any_json(events, strip):
 )
 @pytest.mark.parametrize(("api", "endpoint"), TAPS)
 def test_wrong_types_in_events_are_skipped(event, api, endpoint):
-    tap = UsageTap(api, endpoint, strip_usage_chunk=True)
+    tap = tap_for(api, endpoint, strip_usage_chunk=True)
     assert tap.observe_event(event) in (True, False)
 
 
 def test_a_wrong_typed_usage_chunk_is_still_read_and_flagged():
-    tap = UsageTap("openai", "chat.completions", strip_usage_chunk=True)
+    tap = tap_for("openai", "chat.completions", strip_usage_chunk=True)
     assert tap.observe_event(sse({"choices": [], "usage": {
         "prompt_tokens": -1_000_000, "completion_tokens": 2}})) is False  # still hidden
     assert tap.usage == Usage(output_tokens=2, flags=("negative_count",), trusted=False)
 
 
 def test_a_huge_count_orjson_refuses_is_read_and_clamped():
-    tap = UsageTap("openai", "chat.completions")
+    tap = tap_for("openai", "chat.completions")
     tap.observe_answer(b'{"usage": {"prompt_tokens": 1e400, "completion_tokens": 3}}')
     assert tap.usage is not None and tap.usage.flags == ("absurd_count",)
 
@@ -267,7 +246,7 @@ def test_a_huge_count_orjson_refuses_is_read_and_clamped():
     ],
 )
 def test_the_text_of_an_answer_is_found_in_any_shape(answer, text):
-    tap = UsageTap("openai", "chat.completions")
+    tap = tap_for("openai", "chat.completions")
     tap.observe_answer(answer)
     assert tap.output_text() == text
 
@@ -296,7 +275,7 @@ def test_the_text_of_an_answer_is_found_in_any_shape(answer, text):
     ],
 )
 def test_fallback_usage(events, complete, expected):
-    tap = UsageTap("anthropic", "messages")
+    tap = tap_for("anthropic", "messages")
     for kind, payload in events:
         tap.observe_event(sse({"type": kind, **payload}, kind))
     assert tap.fallback_usage(100, 7, complete=complete) == expected
