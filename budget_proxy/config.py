@@ -16,6 +16,7 @@ from pydantic import (
     AliasChoices,
     BaseModel,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,7 +34,7 @@ class ProviderConfig(BaseModel):
     base_url: str
     api: ProviderApi = "openai"
     api_key_env: str | None = None
-    key_required: bool | None = Field(
+    key_required: StrictBool | None = Field(
         None, description="Refuse calls while the proxy holds no key for this provider; "
         "unset: as its API family needs (an `ollama` runtime needs none).")
     deployments: dict[str, str] = Field(

@@ -4,14 +4,14 @@ by element; each element (or event) carries the cumulative `usageMetadata`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import orjson
 
 from budget_proxy.config import ProviderConfig
 from budget_proxy.providers.base import Adapter, Plan, RequestProblem, json_body, whole
-from budget_proxy.usage import from_gemini
+from budget_proxy.usage import Usage, from_gemini
 from budget_proxy.wire import (
     JSONArrayParser,
     SSEParser,
@@ -33,10 +33,21 @@ _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DEN
 
 @dataclass(slots=True)
 class GeminiTap(UsageTap):
+    """A chunk's `usageMetadata` is final when every candidate in it has a `finishReason`
+    (or it has none: a blocked prompt); an earlier chunk's figures only say how far the
+    stream got, and settle a stream cut short (`confirmed`)."""
+
+    partial: Any = None  # `usageMetadata` of the last unfinished chunk, as sent
+
     def observe_json(self, body: dict[str, Any]) -> None:
         meta = body.get("usageMetadata")
         if meta is not None:
-            self.usage = from_gemini(meta)
+            finished = all(as_dict(cand).get("finishReason")
+                           for cand in as_list(body.get("candidates")))
+            if finished:
+                self.usage = from_gemini(meta)
+            else:
+                self.partial = meta
         model = body.get("modelVersion") or body.get("model")
         if isinstance(model, str):
             self.model = model
@@ -58,6 +69,13 @@ class GeminiTap(UsageTap):
                 if isinstance(text, str):
                     self.text_parts.append(text)
         return True
+
+    def confirmed(self) -> tuple[Usage, int | None] | None:
+        if self.partial is None:
+            return None
+        seen = from_gemini(self.partial)
+        return (replace(seen, output_tokens=0, reasoning_tokens=0),
+                None if seen.flags else seen.output_tokens)
 
 
 def model_in_path(path: str) -> str:

@@ -1,11 +1,17 @@
-"""A fake LLM upstream that speaks the OpenAI and Anthropic wire formats.
+"""A fake LLM upstream that speaks the OpenAI, Anthropic, Azure OpenAI, Gemini and Ollama
+wire formats.
 
-One aiohttp application serves both families on one port, the way the proxy sees
+One aiohttp application serves every family on one port, the way the proxy sees
 them: OpenAI under ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
 ``/v1/responses`` and ``/v1/models``; Anthropic under ``/v1/messages`` and
-``/v1/messages/count_tokens``. Usage figures are deterministic and driven by the
-:class:`FakeProvider` controller so tests can assert exact accounting, and the hot
-paths splice pre-serialised bytes so the fake is never the bottleneck of a benchmark.
+``/v1/messages/count_tokens``; Azure OpenAI under
+``/openai/deployments/{deployment}/...`` (OpenAI's bodies, the deployment as the model);
+Gemini under ``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent``
+(SSE with ``alt=sse``, else a streamed JSON array) and ``:countTokens``; Ollama under
+``/api/chat``, ``/api/generate``, ``/api/embed`` (NDJSON streams) and ``/api/tags``.
+Usage figures are deterministic and driven by the :class:`FakeProvider` controller so
+tests can assert exact accounting, and the hot paths splice pre-serialised bytes so the
+fake is never the bottleneck of a benchmark.
 
 In-process use (pytest-aiohttp)::
 
@@ -53,7 +59,7 @@ __all__ = [
     "main",
 ]
 
-Family = Literal["openai", "anthropic"]
+Family = Literal["openai", "anthropic", "gemini", "ollama"]
 
 PROMPT_TOKEN_OVERHEAD = 7
 """Added to the word count of a request's text to form its default prompt tokens."""
@@ -195,6 +201,7 @@ class ReceivedRequest:
     family: Family
     headers: Headers
     body: Any
+    query: str = ""  # the raw query string, as received
     stream: bool = False
     status: int = 200
     error_type: str | None = None
@@ -417,6 +424,10 @@ def _header_int(request: web.Request, name: str) -> int | None:
 
 def _family_for(request: web.Request) -> Family:
     path = request.path
+    if path.startswith("/v1beta/"):
+        return "gemini"
+    if path.startswith("/api/"):
+        return "ollama"
     if path.startswith("/v1/messages"):
         return "anthropic"
     if path.startswith("/v1/models") and "anthropic-version" in request.headers:
@@ -427,6 +438,11 @@ def _family_for(request: web.Request) -> Family:
 def _error_body(
     family: Family, status: int, error_type: str | None, message: str | None, request_id: str
 ) -> bytes:
+    if family == "gemini":
+        return orjson.dumps({"error": {"code": status, "message": message or f"Fake {status}.",
+                                       "status": error_type or "INTERNAL"}})
+    if family == "ollama":
+        return orjson.dumps({"error": message or f"fake error {status}"})
     if family == "anthropic":
         etype = error_type or _ANTHROPIC_ERROR_DEFAULTS.get(status, "api_error")
         return orjson.dumps(
@@ -495,6 +511,7 @@ class _Handler:
             if keep
             else Headers(),
             body=body,
+            query=request.rel_url.raw_query_string,
             stream=bool(isinstance(body, dict) and body.get("stream")),
             received_at=time.time() if keep else 0.0,
         )
@@ -586,7 +603,8 @@ class _Handler:
                 await asyncio.sleep(fake.response_delay_s)
             return self._error(family, rid, status, error_type or None)
 
-        route = _ROUTES.get((request.method, request.path))
+        route_path, body = _route_path(request.path, body)
+        route = _ROUTES.get((request.method, route_path))
         if route is None:
             if request.method == "GET" and request.path.startswith("/v1/models/"):
                 return self._model(request, family, rid)
@@ -602,7 +620,7 @@ class _Handler:
             return self._error(
                 family, rid, 400, "invalid_request_error", "Body must be a JSON object."
             )
-        problem = _validate(request.path, body)
+        problem = _validate(route_path, body)
         if problem is not None:
             rec.status, rec.error_type = 400, "invalid_request_error"
             return self._error(family, rid, 400, "invalid_request_error", problem)
@@ -672,10 +690,12 @@ class _Handler:
         return web.Response(body=orjson.dumps(payload), headers=headers)
 
     async def _stream_start(
-        self, request: web.Request, family: Family, rid: str
+        self, request: web.Request, family: Family, rid: str, content_type: str | None = None
     ) -> web.StreamResponse:
         headers = self._id_headers(family, rid)
         headers.update(_SSE_HEADERS)
+        if content_type is not None:  # NDJSON, or a streamed JSON array
+            headers["Content-Type"] = content_type
         resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
         return resp
@@ -690,13 +710,14 @@ class _Handler:
         deltas: list[bytes],
         closing: list[bytes],
         usage_in_closing: bool,
+        content_type: str | None = None,
     ) -> web.StreamResponse:
         """Write opening events, then deltas with delays, then closing events.
 
         With ``fail_mid_stream`` the connection is dropped after ``fail_after`` deltas,
         leaving the chunked body unterminated as a real upstream failure would.
         """
-        resp = await self._stream_start(request, family, plan.rid)
+        resp = await self._stream_start(request, family, plan.rid, content_type)
         try:
             if opening:
                 await resp.write(b"".join(opening))
@@ -1142,6 +1163,127 @@ class _Handler:
             request, "anthropic", rec, plan, opening, deltas, closing, True
         )
 
+    # Gemini -----------------------------------------------------------------------------
+
+    def _gemini_usage(self, plan: _Plan, candidates: int) -> dict[str, Any]:
+        """``cached`` is a part of the prompt; ``reasoning`` counts as thoughts, billed as
+        output beside the candidates."""
+        usage = {"promptTokenCount": plan.prompt, "candidatesTokenCount": candidates,
+                 "totalTokenCount": plan.prompt + candidates + plan.reasoning}
+        if plan.cached:
+            usage["cachedContentTokenCount"] = plan.cached
+        if plan.reasoning:
+            usage["thoughtsTokenCount"] = plan.reasoning
+        return usage
+
+    def _gemini_chunk(self, plan: _Plan, text: str, usage: dict[str, Any],
+                      finish: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"},
+                                     "index": 0}
+        if finish:
+            candidate["finishReason"] = "STOP"
+        return {"candidates": [candidate], "usageMetadata": usage,
+                "modelVersion": plan.model, "responseId": plan.rid}
+
+    async def gemini_generate(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        rec.stream = False
+        self._note_usage(rec, plan)
+        rec.completed = True
+        return self._json("gemini", rid, self._gemini_chunk(
+            plan, "".join(plan.chunks), self._gemini_usage(plan, plan.completion), True))
+
+    async def gemini_stream(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        """Each chunk carries the usage so far (the prompt, and the candidates streamed); the
+        last one the final figures and ``finishReason``."""
+        rec.stream = True
+        sse = request.query.get("alt") == "sse"
+        last = len(plan.chunks) - 1
+        events = []
+        for i, text in enumerate(plan.chunks):
+            done = i == last
+            usage = self._gemini_usage(plan, plan.completion if done else i + 1)
+            if not done:
+                usage.pop("thoughtsTokenCount", None)
+            events.append(orjson.dumps(self._gemini_chunk(plan, text, usage, done)))
+        if sse:
+            deltas = [b"data: " + e + b"\r\n\r\n" for e in events]
+            opening: list[bytes] = []
+            closing: list[bytes] = []
+        else:
+            deltas = [(b"[" if i == 0 else b"\n,\r\n") + e for i, e in enumerate(events)]
+            opening, closing = [], [b"\n]"]
+        resp = await self._send_stream(request, "gemini", rec, plan, opening, deltas, closing,
+                                       True, content_type=None if sse else "application/json")
+        return resp
+
+    async def gemini_count_tokens(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        rec.prompt_tokens = plan.prompt
+        rec.completed = True
+        return self._json("gemini", rid, {"totalTokens": plan.prompt})
+
+    # Ollama -----------------------------------------------------------------------------
+
+    def _ollama_done(self, plan: _Plan, reply: dict[str, Any]) -> dict[str, Any]:
+        return {"model": plan.model, "created_at": "2026-01-01T00:00:00Z", **reply,
+                "done": True, "done_reason": "stop", "total_duration": 1000,
+                "load_duration": 10, "prompt_eval_count": plan.prompt,
+                "prompt_eval_duration": 100, "eval_count": plan.completion,
+                "eval_duration": 500}
+
+    async def _ollama(
+        self, request: web.Request, rec: ReceivedRequest, plan: _Plan, chat: bool
+    ) -> web.StreamResponse:
+        def reply(text: str) -> dict[str, Any]:
+            if chat:
+                return {"message": {"role": "assistant", "content": text}}
+            return {"response": text}
+
+        rec.stream = rec.body.get("stream") is not False
+        if not rec.stream:
+            self._note_usage(rec, plan)
+            rec.completed = True
+            return self._json("ollama", plan.rid,
+                              self._ollama_done(plan, reply("".join(plan.chunks))))
+        deltas = [orjson.dumps({"model": plan.model, "created_at": "2026-01-01T00:00:00Z",
+                                **reply(text), "done": False}) + b"\n" for text in plan.chunks]
+        closing = [orjson.dumps(self._ollama_done(plan, reply(""))) + b"\n"]
+        return await self._send_stream(request, "ollama", rec, plan, [], deltas, closing, True,
+                                       content_type="application/x-ndjson")
+
+    async def ollama_chat(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        return await self._ollama(request, rec, plan, chat=True)
+
+    async def ollama_generate(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        return await self._ollama(request, rec, plan, chat=False)
+
+    async def ollama_embed(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        raw_input = rec.body.get("input")
+        n_inputs = len(raw_input) if isinstance(raw_input, list) else 1
+        plan.completion = plan.reasoning = 0
+        self._note_usage(rec, plan, output=False)
+        rec.completed = True
+        vector = [round(((i * 37) % 101) / 101.0 - 0.5, 6) for i in range(self.fake.embedding_dims)]
+        return self._json("ollama", rid, {"model": plan.model, "embeddings": [vector] * n_inputs,
+                                          "total_duration": 1000, "prompt_eval_count": plan.prompt})
+
+    def ollama_tags(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan | None
+    ) -> web.Response:
+        return self._json("ollama", rid, {"models": [
+            {"name": "llama3.2:3b", "model": "llama3.2:3b", "size": 2019393189}]})
+
     async def count_tokens(
         self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
     ) -> web.StreamResponse:
@@ -1154,6 +1296,25 @@ class _Handler:
 def _include_usage(body: dict[str, Any]) -> bool:
     opts = body.get("stream_options")
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+
+def _route_path(path: str, body: Any) -> tuple[str, Any]:
+    """The route a path is served by, and the body as that route reads it: an Azure
+    deployment's path is OpenAI's (the deployment is the model), a Gemini model's method is
+    one route whatever the model (named in the path)."""
+    if path.startswith("/openai/deployments/"):
+        deployment, _, rest = path[len("/openai/deployments/"):].partition("/")
+        if isinstance(body, dict) and not body.get("model"):
+            body = {**body, "model": deployment}
+        return f"/v1/{rest}", body
+    if path.startswith("/openai/v1/"):
+        return path[len("/openai"):], body
+    if path.startswith("/v1beta/models/") and ":" in path:
+        model, _, method = path[len("/v1beta/models/"):].partition(":")
+        if isinstance(body, dict):
+            body = {**body, "model": model}
+        return f"/v1beta/models/*:{method}", body
+    return path, body
 
 
 def _validate(path: str, body: dict[str, Any]) -> str | None:
@@ -1179,6 +1340,13 @@ _ROUTES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/messages"): _Handler.messages,
     ("POST", "/v1/messages/count_tokens"): _Handler.count_tokens,
     ("GET", "/v1/models"): _Handler.models,
+    ("POST", "/v1beta/models/*:generateContent"): _Handler.gemini_generate,
+    ("POST", "/v1beta/models/*:streamGenerateContent"): _Handler.gemini_stream,
+    ("POST", "/v1beta/models/*:countTokens"): _Handler.gemini_count_tokens,
+    ("POST", "/api/chat"): _Handler.ollama_chat,
+    ("POST", "/api/generate"): _Handler.ollama_generate,
+    ("POST", "/api/embed"): _Handler.ollama_embed,
+    ("GET", "/api/tags"): _Handler.ollama_tags,
 }
 
 _MODEL_IDS = (
