@@ -38,6 +38,7 @@ from budget_proxy.edge import edge_middleware
 from budget_proxy.events import EventBus
 from budget_proxy.hermes import hermes_ctx
 from budget_proxy.loops import every, stop
+from budget_proxy.mcp.server import mcp_ctx
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
@@ -236,6 +237,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                             _observe_ctx])
     app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
     app.cleanup_ctx.append(hermes_ctx)  # optional service registry (HERMES_URL)
+    app.cleanup_ctx.append(mcp_ctx)  # MCP at /api/mcp: the SDK's session manager
     app.add_subapp(PREFIX, admin_app())  # `/api/...`: its own error, access middlewares
     app.router.add_routes(root_routes())
     app.router.add_routes(app[METRICS].routes())

@@ -638,6 +638,10 @@ from budget_proxy.cli_pricing import register as _register_pricing  # noqa: E402
 
 _register_pricing(main)
 
+from budget_proxy.mcp.stdio import mcp_command as _mcp_command  # noqa: E402
+
+main.add_command(_mcp_command)  # `budget mcp`: the budget tools over MCP stdio
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

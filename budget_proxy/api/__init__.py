@@ -21,13 +21,14 @@ from budget_proxy.api import (
     usage,
 )
 from budget_proxy.api.common import auth_middleware, error_middleware, read_your_writes
+from budget_proxy.mcp import server as mcp
 
 PREFIX = "/api"
 
 
 def all_routes() -> list[web.RouteDef]:
     modules = [health, policies, budgets, allocations, usage, reports, alerts, keys, assistant,
-               openapi, prices]
+               openapi, prices, mcp]
     return [route for module in modules for route in module.routes()]
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 
 from budget_proxy.alerts import ALERT_KIND
 from budget_proxy.api.common import api_error, json_response, read_model, read_query
@@ -18,15 +18,19 @@ async def list_alerts(request: web.Request) -> web.Response:
     q = read_query(request, AlertQuery)
     if isinstance(q, web.Response):
         return q
-    store = request.config_dict[STORE]
-    alerts = [Alert.model_validate_json(b) for b in await store.list_docs(ALERT_KIND)]
+    return json_response(await find_alerts(request.config_dict, q))
+
+
+async def find_alerts(app: web.Application | ChainMapProxy, q: AlertQuery) -> list[Alert]:
+    """The alerts `q` selects, newest first."""
+    alerts = [Alert.model_validate_json(b) for b in await app[STORE].list_docs(ALERT_KIND)]
     alerts = [a for a in alerts
               if (q.acknowledged is None or a.acknowledged == q.acknowledged)
               and (q.severity is None or a.severity == q.severity)
               and (q.type is None or a.type == q.type)
               and (q.policy_id is None or a.policy_id == q.policy_id)]
     alerts.sort(key=lambda a: a.created_at, reverse=True)
-    return json_response(alerts[q.offset:q.offset + q.limit])
+    return alerts[q.offset:q.offset + q.limit]
 
 
 async def get_alert(request: web.Request) -> web.Response:
@@ -45,18 +49,26 @@ async def acknowledge_alert(request: web.Request) -> web.Response:
     ack = await read_model(request, AlertAck, optional=True)
     if isinstance(ack, web.Response):
         return ack
-    store = request.config_dict[STORE]
+    alert = await acknowledge(request.config_dict, alert_id, ack.acknowledged_by)
+    if alert is None:
+        return api_error(404, "not_found", f"no alert {alert_id}")
+    return json_response(alert)
+
+
+async def acknowledge(app: web.Application | ChainMapProxy, alert_id: str,
+                      by: str | None) -> Alert | None:
+    """Acknowledge an alert (a second time keeps the first); None when there is no such alert."""
+    store = app[STORE]
     body = await store.get_doc(ALERT_KIND, alert_id)
     if body is None:
-        return api_error(404, "not_found", f"no alert {alert_id}")
+        return None
     alert = Alert.model_validate_json(body)
     if not alert.acknowledged:
         alert = alert.model_copy(update={"acknowledged": True, "acknowledged_at": utcnow(),
-                                         "acknowledged_by": ack.acknowledged_by})
+                                         "acknowledged_by": by})
         await store.put_doc(ALERT_KIND, alert_id, alert.model_dump_json())
-        request.config_dict[EVENTS].publish("alerts", "alert_acknowledged",
-                                            alert.model_dump(mode="json"))
-    return json_response(alert)
+        app[EVENTS].publish("alerts", "alert_acknowledged", alert.model_dump(mode="json"))
+    return alert
 
 
 def routes() -> list[web.RouteDef]:

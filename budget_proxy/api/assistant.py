@@ -14,13 +14,14 @@ import statistics
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from budget_proxy import tools
 from budget_proxy.api.common import json_response, read_model
 from budget_proxy.api.openapi import api_route
-from budget_proxy.api.policies import policy_status_rows
 from budget_proxy.appkeys import CATALOG, POLICIES, SETTINGS, STORE
 from budget_proxy.enforcement import RequestScope, policy_matches
 from budget_proxy.models import PolicyType, UsageRecord
@@ -47,6 +48,9 @@ from budget_proxy.schemas import (
     Trend,
     UsageGroup,
 )
+
+if TYPE_CHECKING:
+    from budget_proxy.tools import State
 
 TREND_FLAT_PCT = 10.0  # a change smaller than this between halves reads as flat
 ANOMALY_RATIO = 2.0  # a window costing this many times the median is an anomaly
@@ -84,10 +88,10 @@ def _usd(value: float) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
-async def _records(request: web.Request, req: AnalyzeRequest) -> tuple[
+async def _records(app: State, req: AnalyzeRequest) -> tuple[
         list[UsageRecord], datetime, datetime, ZoneInfo]:
-    store = request.config_dict[STORE]
-    tz = ZoneInfo(request.config_dict[SETTINGS].timezone)
+    store = app[STORE]
+    tz = ZoneInfo(app[SETTINGS].timezone)
     since, until = time_range(req.period, req.days, store.now(), tz)
     records = await collect_usage(store, since=since, provider=req.provider,
                                   component=req.component)
@@ -131,7 +135,12 @@ async def analyze(request: web.Request) -> web.Response:
     req = await read_model(request, AnalyzeRequest, optional=True)
     if isinstance(req, web.Response):
         return req
-    records, since, until, tz = await _records(request, req)
+    return json_response(await analysis(request.config_dict, req))
+
+
+async def analysis(app: State, req: AnalyzeRequest) -> Analysis:
+    """The figures and findings of `analyze` (and of the assistant's deterministic answers)."""
+    records, since, until, tz = await _records(app, req)
     by_provider, by_model, by_component = aggregate(
         records, req.period, tz, ("provider",), ("provider", "model"), ("component",))
     starts = window_starts(req.period, since, until, tz)
@@ -140,27 +149,27 @@ async def analyze(request: web.Request) -> web.Response:
              for s in starts]
     totals = by_provider.all.totals()
     trend = trend_of(costs)
-    risks = await policies_at_risk(request, until, tz)
+    risks = await policies_at_risk(app, until, tz)
     anomalies = anomalies_of(by_provider, labels)
     avg = totals.total_cost / len(starts) if starts else 0.0
     findings = _findings(req, totals.total_cost, totals.requests, len(starts), avg, trend,
                          by_model.group_rows(), by_component.group_rows(), risks, anomalies)
-    return json_response(Analysis(
+    return Analysis(
         period=req.period, since=since, until=until, totals=totals,
         average_cost_per_window=avg, trend=trend,
         top_providers=by_provider.group_rows()[:TOP_N], top_models=by_model.group_rows()[:TOP_N],
         top_components=by_component.group_rows()[:TOP_N], policies_at_risk=risks,
         anomalies=anomalies, findings=findings,
-    ))
+    )
 
 
-async def policies_at_risk(request: web.Request, now: datetime, tz: ZoneInfo) -> list[PolicyRisk]:
+async def policies_at_risk(app: State, now: datetime, tz: ZoneInfo) -> list[PolicyRisk]:
     """Policies past their warning threshold, or on course to pass their limit by the end of
     the window at the current window's burn rate."""
-    await request.config_dict[POLICIES].refresh()
-    by_id = request.config_dict[POLICIES].by_id
+    await app[POLICIES].refresh()
+    by_id = app[POLICIES].by_id
     risks = []
-    for row in await policy_status_rows(request):
+    for row in await tools.status_rows(app):
         policy = by_id.get(str(row["policy_id"]))
         if policy is None or policy.type is PolicyType.IGNORE or row["limit"] is None:
             continue
@@ -251,8 +260,13 @@ async def optimize(request: web.Request) -> web.Response:
     req = await read_model(request, AnalyzeRequest, optional=True)
     if isinstance(req, web.Response):
         return req
-    records, since, until, tz = await _records(request, req)
-    catalog = request.config_dict[CATALOG]
+    return json_response(await optimization(request.config_dict, req))
+
+
+async def optimization(app: State, req: AnalyzeRequest) -> Optimization:
+    """The recommendations of `optimize` (and of the assistant's deterministic answers)."""
+    records, since, until, tz = await _records(app, req)
+    catalog = app[CATALOG]
     (by_model,) = aggregate(records, req.period, tz, ("provider", "model"))
     recs: list[Recommendation] = []
     cached: dict[tuple[str, str], int] = {}
@@ -291,7 +305,7 @@ async def optimize(request: web.Request) -> web.Response:
                         "shared context), they would bill at the cached rate."),
                 estimated_savings_usd=round(saving, 6), provider=group.provider,
                 model=group.model))
-    for risk in await policies_at_risk(request, until, tz):
+    for risk in await policies_at_risk(app, until, tz):
         if risk.type == "hard_limit":
             recs.append(Recommendation(
                 kind="soft_limit", title=f"Add a soft limit before hard limit "
@@ -300,17 +314,17 @@ async def optimize(request: web.Request) -> web.Response:
                         "will be refused when it is reached. A soft_limit policy on the same "
                         "scope with a cheaper fallback_model keeps work going for less."),
                 estimated_savings_usd=None))
-    recs.extend(await _unbudgeted(request, records))
+    recs.extend(await _unbudgeted(app, records))
     recs.sort(key=lambda r: -(r.estimated_savings_usd or 0))
     total = sum(r.total_cost for r in records)
     savings = sum(r.estimated_savings_usd or 0 for r in recs if r.kind == "cheaper_model")
-    return json_response(Optimization(
+    return Optimization(
         period=req.period, since=since, until=until, total_cost=total,
-        potential_savings_usd=round(savings, 6), recommendations=recs))
+        potential_savings_usd=round(savings, 6), recommendations=recs)
 
 
-async def _unbudgeted(request: web.Request, records: list[UsageRecord]) -> list[Recommendation]:
-    policies = [p for p in request.config_dict[POLICIES].policies
+async def _unbudgeted(app: State, records: list[UsageRecord]) -> list[Recommendation]:
+    policies = [p for p in app[POLICIES].policies
                 if p.type is not PolicyType.IGNORE and p.period.value not in (
                     "per_session", "per_task")]
     seen: dict[str, UsageRecord] = {}
@@ -357,12 +371,17 @@ async def recommend_model(request: web.Request) -> web.Response:
     req = await read_model(request, RecommendModelRequest, optional=True)
     if isinstance(req, web.Response):
         return req
+    return json_response(recommend(request.config_dict, req))
+
+
+def recommend(app: State, req: RecommendModelRequest) -> ModelRecommendation:
+    """The ranking behind `recommend-model` and the `recommend_model` tool."""
     task_type = req.task_type or infer_task_type(req.task_description)
     complexity = TASK_COMPLEXITY.get(task_type, "standard")
     target = price_band(complexity, req.priority_areas)
     providers = (req.provider,) if req.provider else RECOMMENDABLE_PROVIDERS
     candidates = [
-        p for p in request.config_dict[CATALOG]
+        p for p in app[CATALOG]
         if p.provider in providers and p.mode == "chat" and _plain_name(p.model)
         and (p.max_output_tokens is None or p.max_output_tokens >= req.output_length)
         and (p.context_window_tokens is None
@@ -392,10 +411,10 @@ async def recommend_model(request: web.Request) -> web.Response:
     fitting = [o for o in options if o.within_budget]
     pool = fitting or sorted(options, key=lambda o: o.cost_per_request)[: req.limit]
     ranked = sorted(pool, key=lambda o: (-o.score, o.cost_per_request, o.model))[: req.limit]
-    return json_response(ModelRecommendation(
+    return ModelRecommendation(
         task_type=task_type, complexity=complexity,  # type: ignore[arg-type]
         recommendations=ranked, best=ranked[0] if ranked and ranked[0].within_budget else None,
-    ))
+    )
 
 
 def routes() -> list[web.RouteDef]:

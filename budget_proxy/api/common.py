@@ -38,6 +38,8 @@ VIRTUAL_KEY_PREFIX = "bp-"
 READ_ONLY_POSTS = frozenset({
     "/api/usage/check", "/api/assistant/analyze", "/api/assistant/optimize",
     "/api/assistant/recommend-model", "/api/prices/calculate",
+    # the handler lets only the admin token run what changes budgets
+    "/api/mcp", "/api/assistant/chat",
 })
 M = TypeVar("M", bound=BaseModel)
 

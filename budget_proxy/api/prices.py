@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -292,27 +292,36 @@ async def _shielded(coro: Any) -> dict[str, Any]:
 
 
 async def _calculate(request: web.Request, req: CalculateRequest) -> web.Response:
-    book = book_of(request.config_dict)
+    try:
+        result = await cost_of_call(request.config_dict, req)
+    except LookupError as exc:
+        return api_error(404, "unknown_model_price", str(exc))
+    except ValueError as exc:
+        return api_error(422, "validation_error", str(exc),
+                         [{"field": "body", "reason": str(exc)}])
+    return json_response(result)
+
+
+async def cost_of_call(app: web.Application | ChainMapProxy,
+                       req: CalculateRequest) -> dict[str, Any]:
+    """The cost breakdown of a call. Raises LookupError when the model's price is refused
+    (BUDGET_UNKNOWN_PRICE=refuse), ValueError when the token counts contradict each other."""
+    book = book_of(app)
     await book.refresh()
-    rule = request.config_dict[SETTINGS].unknown_price
+    rule = app[SETTINGS].unknown_price
     # `alert` prices like `ceiling`; a cost question is not a sighting worth an alert
     price = book.resolve_price(req.provider, req.model, "refuse" if rule == "refuse"
                                else "ceiling")
     if price is None:
-        return api_error(404, "unknown_model_price",
-                         f"model {req.model!r} has no price; the proxy refuses it "
-                         "(BUDGET_UNKNOWN_PRICE=refuse)")
-    try:
-        result = cost_breakdown(
-            price, input_tokens=req.input_tokens, output_tokens=req.output_tokens,
-            cached_tokens=req.cached_tokens, cache_write_tokens=req.cache_write_tokens,
-            reasoning_tokens=req.reasoning_tokens)
-    except ValueError as exc:
-        return api_error(422, "validation_error", str(exc),
-                         [{"field": "body", "reason": str(exc)}])
+        raise LookupError(f"model {req.model!r} has no price; the proxy refuses it "
+                          "(BUDGET_UNKNOWN_PRICE=refuse)")
+    result = cost_breakdown(
+        price, input_tokens=req.input_tokens, output_tokens=req.output_tokens,
+        cached_tokens=req.cached_tokens, cache_write_tokens=req.cache_write_tokens,
+        reasoning_tokens=req.reasoning_tokens)
     known = book.lookup(req.provider, req.model) is not None
     result.update(requested_model=req.model, priced_at="catalog" if known else "ceiling")
-    return json_response(result)
+    return result
 
 
 async def calculate(request: web.Request) -> web.Response:

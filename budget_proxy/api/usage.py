@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 
 from budget_proxy import allocations, tokens
 from budget_proxy.api.common import api_error, json_response, read_model, read_query
@@ -79,17 +79,22 @@ async def usage_summary(request: web.Request) -> web.Response:
     q = read_query(request, UsageSummaryQuery)
     if isinstance(q, web.Response):
         return q
-    store = request.config_dict[STORE]
-    tz = ZoneInfo(request.config_dict[SETTINGS].timezone)
+    return json_response(await summarize(request.config_dict, q))
+
+
+async def summarize(app: web.Application | ChainMapProxy, q: UsageSummaryQuery) -> UsageSummary:
+    """The usage summary of `q` (`app`: the application's state, `request.config_dict`)."""
+    store = app[STORE]
+    tz = ZoneInfo(app[SETTINGS].timezone)
     since, until = time_range(q.period, q.days, store.now(), tz)
     records = await collect_usage(store, since=since, provider=q.provider,
                                   component=q.component, model=q.model)
     (agg,) = aggregate(records, q.period, tz, q.group_by)
-    return json_response(UsageSummary(
+    return UsageSummary(
         period=q.period, since=since, until=until, provider=q.provider, component=q.component,
         model=q.model, group_by=q.group_by, totals=agg.all.totals(),
         windows=agg.window_rows(), groups=agg.group_rows(),
-    ))
+    )
 
 
 @dataclass
@@ -107,13 +112,13 @@ class Resolved:
 
 
 async def resolve(
-    request: web.Request, provider: str, model: str, price: ModelPrice, component: str | None,
+    app: web.Application | ChainMapProxy, provider: str, model: str, price: ModelPrice,
+    component: str | None,
     task_type: str | None, session: str | None, task: str | None, allocation_id: str | None,
     context_id: str | None, *, follow_soft_limits: bool,
 ) -> Resolved:
     """Counter lines as the proxy builds them: policies matching the scope, a soft limit's
     model move, and the allocation drawn on (whose component is charged when none is named)."""
-    app = request.config_dict
     store = app[STORE]
     cache = app[POLICIES]
     await cache.refresh()
@@ -147,16 +152,27 @@ async def resolve(
     )
 
 
+class NoPrice(LookupError):
+    """The model has no price and the unknown-price rule refuses it."""
+
+
 async def check_usage(request: web.Request) -> web.Response:
     """Would this request be allowed, and what would remain? Nothing is reserved."""
     req = await read_model(request, UsageCheckRequest)
     if isinstance(req, web.Response):
         return req
-    app = request.config_dict
+    try:
+        return json_response(await check(request.config_dict, req))
+    except NoPrice:
+        return no_price(req.model, "; the proxy would refuse this request")
+
+
+async def check(app: web.Application | ChainMapProxy, req: UsageCheckRequest) -> UsageCheckResult:
+    """Would `req` be allowed, and what would remain? Nothing is reserved. Raises `NoPrice`."""
     price = app[PROXY].price_for(req.provider, req.model)
     if price is None:
-        return no_price(req.model, "; the proxy would refuse this request")
-    r = await resolve(request, req.provider, req.model, price, req.component, req.task_type,
+        raise NoPrice(req.model)
+    r = await resolve(app, req.provider, req.model, price, req.component, req.task_type,
                       req.session, req.task, req.allocation_id, req.context_id,
                       follow_soft_limits=True)
     input_tokens = req.input_tokens if req.input_tokens is not None else await count_tokens(
@@ -174,7 +190,7 @@ async def check_usage(request: web.Request) -> web.Response:
     )
     if r.refusal is not None:
         result.allowed, result.reason, result.refused_by = False, r.refusal, r.allocation_id
-        return json_response(result)
+        return result
     totals = await app[STORE].totals([ln.key for ln in r.lines])
     after = [Totals(t.spent_nusd, t.reserved_nusd + cost, t.spent_tokens, t.reserved_tokens + n)
              for t in totals]
@@ -197,7 +213,7 @@ async def check_usage(request: web.Request) -> web.Response:
     remaining = tightest_remaining(r.lines, after if result.allowed else totals)
     result.remaining_cost, result.remaining_tokens = remaining.cost_usd, remaining.tokens
     result.warnings = r.notes + warnings(by_id, r.lines, after)
-    return json_response(result)
+    return result
 
 
 def _refusal_reason(line: CounterLine, tot: Totals, cost: int, n: int, name: str | None) -> str:
@@ -241,7 +257,7 @@ async def record_usage(request: web.Request) -> web.Response:
     r = None
     component = req.component or app[SETTINGS].component
     if price is not None:
-        r = await resolve(request, req.provider, req.model, price, req.component, req.task_type,
+        r = await resolve(app, req.provider, req.model, price, req.component, req.task_type,
                           req.session_id, req.task_id, req.allocation_id, req.context_id,
                           follow_soft_limits=False)
         lines, component = r.lines, r.component
