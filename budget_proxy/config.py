@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     price_source_tables: list[PriceSourceConfig] = Field(
         default_factory=list, description="`[[price_sources]]` tables of the config file."
     )
+    assistant_model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+/\S+$",
+        description="`provider/model` the Budget Chat's tool-calling loop uses (its calls go "
+        "through this proxy as component budget-assistant); unset: deterministic answers.")
     hermes_url: str | None = Field(
         None, validation_alias=AliasChoices("HERMES_URL", "BUDGET_HERMES_URL")
     )

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+import orjson
 from aiohttp import web
 
 from budget_proxy import tools
@@ -48,6 +49,7 @@ from budget_proxy.schemas import (
     Trend,
     UsageGroup,
 )
+from budget_proxy.tools.chat import ChatAnswer, ChatRequest
 
 if TYPE_CHECKING:
     from budget_proxy.tools import State
@@ -417,9 +419,50 @@ def recommend(app: State, req: RecommendModelRequest) -> ModelRecommendation:
     )
 
 
+# chat -----------------------------------------------------------------------------------
+def own_url(request: web.Request) -> str:
+    """This server's base URL as seen on the socket the request came in on (the assistant's
+    own LLM calls go through the proxy's metered routes there)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple):
+        raise RuntimeError("no socket address for the chat request")
+    host, port = str(sockname[0]), int(sockname[1])
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """Budget Chat: answered by the tools through `BUDGET_ASSISTANT_MODEL` when set (its
+    calls metered as component budget-assistant), deterministically otherwise. With
+    `stream`, SSE events `status`, `tool_call`, `chunk`, `done`; the tools that change
+    budgets are offered to the admin token only."""
+    from budget_proxy.mcp.server import caller_role
+    from budget_proxy.tools.chat import converse
+
+    req = await read_model(request, ChatRequest)
+    if isinstance(req, web.Response):
+        return req
+    events = converse(request.config_dict, req, caller_role(request), own_url(request))
+    if not req.stream:
+        done: dict[str, object] = {}
+        async for name, data in events:
+            if name == "done":
+                done = data
+        return json_response(done)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    async for name, data in events:
+        await response.write(f"event: {name}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+    await response.write_eof()
+    return response
+
+
 def routes() -> list[web.RouteDef]:
     tag = "assistant"
     return [
+        api_route("POST", "/api/assistant/chat", chat, summary="Budget Chat (an LLM over the "
+                  "budget tools when BUDGET_ASSISTANT_MODEL is set)", tag=tag, body=ChatRequest,
+                  response=ChatAnswer, access="read"),
         api_route("POST", "/api/assistant/analyze", analyze, summary="Analyse usage "
                   "(deterministic, no LLM)", tag=tag, body=AnalyzeRequest, body_required=False,
                   response=Analysis, access="read"),

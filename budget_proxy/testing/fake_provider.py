@@ -130,6 +130,8 @@ _KNOBS = (
     "embedding_dims",
     "record_requests",
     "raw_next",
+    "tool_calls",
+    "tool_call_replies",
 )
 
 
@@ -261,6 +263,11 @@ class FakeProvider:
     record_requests: bool = True
     raw_next: list[RawAnswer] = field(default_factory=list)
     """Answers sent as given to the next requests, one each, before any other knob."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """`{"name", "arguments"}` calls a non-streamed chat completion answers with (OpenAI
+    `tool_calls`, finish_reason `tool_calls`) while `tool_call_replies` is not 0."""
+    tool_call_replies: int = 0
+    """How many next non-streamed chat completions answer with `tool_calls`; -1: all."""
     requests: list[ReceivedRequest] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     url: str | None = field(default=None, init=False)
@@ -763,6 +770,21 @@ class _Handler:
         if not rec.stream:
             self._note_usage(rec, plan)
             rec.completed = True
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(plan.chunks),
+                "refusal": None,
+                "annotations": [],
+            }
+            finish = "stop"
+            if self.fake.tool_call_replies and self.fake.tool_calls:
+                self.fake.tool_call_replies -= 1 if self.fake.tool_call_replies > 0 else 0
+                message["content"], finish = None, "tool_calls"
+                message["tool_calls"] = [
+                    {"id": f"call_{rid}_{i}", "type": "function", "function": {
+                        "name": c["name"],
+                        "arguments": orjson.dumps(c.get("arguments", {})).decode()}}
+                    for i, c in enumerate(self.fake.tool_calls)]
             return self._json(
                 "openai",
                 rid,
@@ -774,14 +796,9 @@ class _Handler:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {
-                                "role": "assistant",
-                                "content": "".join(plan.chunks),
-                                "refusal": None,
-                                "annotations": [],
-                            },
+                            "message": message,
                             "logprobs": None,
-                            "finish_reason": "stop",
+                            "finish_reason": finish,
                         }
                     ],
                     "usage": self._openai_usage(plan),
