@@ -65,11 +65,13 @@ def validate(docs: list[dict[str, Any]]) -> None:
             kubernetes_validate.validate(doc, version, strict=True)
 
 
+TOKEN = {"secrets": {"adminToken": "an-admin-token"}}
 VALUE_SETS = {
-    "defaults": {},
+    "defaults with an admin token": TOKEN,
+    "open admin on purpose": {"proxy": {"allowOpenAdmin": True}},
     "sidecar example": example("sidecar-values.yaml"),
     "standalone redis example": example("standalone-redis-values.yaml"),
-    "persistence and pdb": {"persistence": {"enabled": True},
+    "persistence and pdb": {**TOKEN, "persistence": {"enabled": True},
                             "podDisruptionBudget": {"enabled": True}},
 }
 
@@ -146,7 +148,7 @@ def test_sidecar_mode_is_a_native_sidecar_next_to_the_app():
 
 
 def test_dashboard_configmap_and_prometheus_rule_carry_the_shared_files():
-    docs = render({}, api_versions=OPERATOR_APIS)
+    docs = render(TOKEN, api_versions=OPERATOR_APIS)
     (dashboard,) = [cm for cm in by_kind(docs, "ConfigMap")
                     if cm["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert json.loads(dashboard["data"]["budget-proxy.json"]) == json.loads(
@@ -177,8 +179,9 @@ def test_values_schema_rejects_bad_values(values, complaint):
 
 
 @pytest.mark.parametrize(("values", "complaint"), [
-    ({"replicaCount": 3}, "needs the Redis store"),
-    ({"mode": "sidecar"}, "sidecar.app.image"),
+    ({**TOKEN, "replicaCount": 3}, "needs the Redis store"),
+    ({**TOKEN, "mode": "sidecar"}, "sidecar.app.image"),
+    ({}, "secrets.adminToken"),  # an open admin API on the pod's network
 ])
 def test_unsafe_combinations_refuse_to_render(values, complaint):
     with pytest.raises(helm.HelmError) as err:

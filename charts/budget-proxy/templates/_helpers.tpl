@@ -56,6 +56,10 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 
 {{- define "budget-proxy.checks" -}}
+{{- $loopback := has .Values.proxy.host (list "127.0.0.1" "localhost" "::1") }}
+{{- if and (not $loopback) (not .Values.secrets.adminToken) (not .Values.secrets.existingSecret) (not .Values.proxy.allowOpenAdmin) }}
+{{- fail "proxy.host is not a loopback address, so the admin API is reachable from outside the pod: set secrets.adminToken (or secrets.existingSecret holding BUDGET_ADMIN_TOKEN), or proxy.allowOpenAdmin: true to run it open on purpose" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "budget-proxy.hasRedis" .)) }}
 {{- fail "replicaCount > 1 needs the Redis store (redis.url or redis.existingSecret): with the embedded store every replica would keep budgets of its own" }}
 {{- end }}
@@ -84,6 +88,10 @@ app.kubernetes.io/component: {{ .Values.mode }}
       value: {{ .Values.proxy.port | quote }}
     - name: BUDGET_DATA_DIR
       value: /var/lib/budget-proxy
+    {{- if .Values.proxy.allowOpenAdmin }}
+    - name: BUDGET_ALLOW_OPEN_ADMIN
+      value: "true"
+    {{- end }}
     - name: BUDGET_FAIL_MODE
       value: {{ .Values.proxy.failMode | quote }}
     - name: BUDGET_TIMEZONE
