@@ -250,17 +250,28 @@ def drawn_lines(alloc: BudgetAllocation, lines: Sequence[CounterLine]) -> list[C
     return out
 
 
+def covers(alloc: BudgetAllocation, scope: RequestScope | None) -> bool:
+    """A call draws on an allocation only inside its tier, provider and model (each when
+    set); a call outside them is charged to the budgets as if it had no allocation."""
+    if scope is None:
+        return True
+    tier = alloc.tier.value if alloc.tier is not None else None
+    return all(wanted is None or wanted == actual for wanted, actual in (
+        (tier, scope.tier), (alloc.provider, scope.provider), (alloc.model, scope.model)))
+
+
 async def plan_draw(
     store: Store, allocation_id: str | None, context_id: str | None,
-    lines: Sequence[CounterLine],
+    lines: Sequence[CounterLine], scope: RequestScope | None = None,
 ) -> DrawPlan:
-    """What the proxy reserves for a request: unchanged lines when no allocation applies."""
+    """What the proxy reserves for a request: unchanged lines when no allocation applies
+    (none named, or the call is outside the allocation's tier, provider or model)."""
     if not allocation_id and not context_id:
         return DrawPlan(list(lines))
     alloc, refusal = await lookup(store, allocation_id, context_id)
     if refusal is not None:
         return DrawPlan(list(lines), alloc, refusal)
-    if alloc is None:
+    if alloc is None or not covers(alloc, scope):
         return DrawPlan(list(lines))
     return DrawPlan(drawn_lines(alloc, lines), alloc)
 
@@ -439,7 +450,8 @@ class Allocations:
 
 
 def _hold_reservation(hold: AllocationHold) -> Reservation:
-    return Reservation(hold.reservation_id, (hold.key,), hold.cost_nusd, hold.tokens)
+    return Reservation(hold.reservation_id, (hold.key,), hold.cost_nusd, hold.tokens,
+                       requests=0)  # a hold on tokens, not a call
 
 
 def _refusal_text(line: CounterLine, totals: Totals, hold: AllocationHold) -> str:

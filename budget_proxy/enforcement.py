@@ -28,11 +28,14 @@ class RequestScope:
     task_type: str | None = None
     session: str | None = None
     task: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CounterLine:
-    """One counter a reservation touches; `enforce` lines refuse past their limit."""
+    """One counter a reservation touches; `enforce` lines refuse past their limit. `shadow`
+    lines are checked by the same rule after the reservation (`shadow_refusals`) but never
+    refuse."""
 
     key: str
     limit_nusd: int | None
@@ -40,6 +43,8 @@ class CounterLine:
     enforce: bool
     policy_id: str
     resets_at: datetime | None = None
+    limit_requests: int | None = None
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class Totals:
     reserved_nusd: int = 0
     spent_tokens: int = 0
     reserved_tokens: int = 0
+    requests: int = 0  # calls counted in the window: held or settled, not released
 
     @property
     def used_nusd(self) -> int:
@@ -79,6 +85,7 @@ def policy_matches(policy: BudgetPolicy, scope: RequestScope) -> bool:
         ("task_type", scope.task_type),
         ("session", scope.session),
         ("task", scope.task),
+        ("key_id", scope.key_id),
     ):
         wanted = getattr(policy, field)
         if wanted is not None and wanted != value:
@@ -101,26 +108,45 @@ def counter_lines(
         window = window_for(policy.period, now, tz, scope.session, scope.task)
         if window is None:
             continue
+        limit_nusd, limit_tokens, limit_requests = policy.limits_at(now)
         lines.append(
             CounterLine(
                 key=counter_key(policy.policy_id, window.window_id),
-                limit_nusd=policy.cost_limit_nusd,
-                limit_tokens=policy.token_limit,
+                limit_nusd=limit_nusd,
+                limit_tokens=limit_tokens,
                 enforce=policy.type is PolicyType.HARD_LIMIT,
                 policy_id=policy.policy_id,
                 resets_at=window.resets_at,
+                limit_requests=limit_requests,
+                shadow=policy.type is PolicyType.SHADOW,
             )
         )
     return lines
 
 
-def would_refuse(line: CounterLine, totals: Totals, cost_nusd: int, tokens: int) -> bool:
-    """The reservation rule every store implements: used + this request must stay <= limit."""
-    if not line.enforce:
-        return False
+def passes_limit(line: CounterLine, totals: Totals, cost_nusd: int, tokens: int,
+                 requests: int = 1) -> bool:
+    """The limit rule: used + this request must stay <= every limit the line has."""
     if line.limit_nusd is not None and totals.used_nusd + cost_nusd > line.limit_nusd:
-        return True
-    return line.limit_tokens is not None and totals.used_tokens + tokens > line.limit_tokens
+        return False
+    if line.limit_tokens is not None and totals.used_tokens + tokens > line.limit_tokens:
+        return False
+    return line.limit_requests is None or totals.requests + requests <= line.limit_requests
+
+
+def would_refuse(line: CounterLine, totals: Totals, cost_nusd: int, tokens: int,
+                 requests: int = 1) -> bool:
+    """The reservation rule every store implements: on an enforced line, used + this request
+    must stay <= limit (cost, tokens, and calls: a request counts 1)."""
+    return line.enforce and not passes_limit(line, totals, cost_nusd, tokens, requests)
+
+
+def shadow_refusals(lines: Sequence[CounterLine], before: Sequence[Totals], cost_nusd: int,
+                    tokens: int, requests: int = 1) -> list[str]:
+    """Policy ids of the shadow lines that would have refused this request, judged on the
+    totals before its hold (the rule a hard limit applies)."""
+    return [line.policy_id for line, tot in zip(lines, before, strict=True)
+            if line.shadow and not passes_limit(line, tot, cost_nusd, tokens, requests)]
 
 
 def utilisation(line: CounterLine, totals: Totals) -> float:
@@ -130,6 +156,8 @@ def utilisation(line: CounterLine, totals: Totals) -> float:
         ratios.append(totals.used_nusd / line.limit_nusd if line.limit_nusd else 1.0)
     if line.limit_tokens is not None:
         ratios.append(totals.used_tokens / line.limit_tokens if line.limit_tokens else 1.0)
+    if line.limit_requests is not None:
+        ratios.append(totals.requests / line.limit_requests if line.limit_requests else 1.0)
     return max(ratios)
 
 
@@ -140,10 +168,33 @@ class Remaining:
     policy_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RateRemaining:
+    """What the tightest rate-limited lines leave, for `x-ratelimit-remaining-*` headers."""
+
+    requests: int | None
+    tokens: int | None
+
+
+def rate_remaining(lines: Sequence[CounterLine], totals: Sequence[Totals]) -> RateRemaining:
+    """Fewest calls and tokens left on the enforced lines that limit calls (rate limits),
+    so an SDK can back off the way it does for a provider's own rate limit."""
+    rated = [(ln, t) for ln, t in zip(lines, totals, strict=True)
+             if ln.enforce and ln.limit_requests is not None]
+    if not rated:
+        return RateRemaining(None, None)
+    requests = min(max(0, ln.limit_requests - t.requests) for ln, t in rated
+                   if ln.limit_requests is not None)
+    token_left = [max(0, ln.limit_tokens - t.used_tokens) for ln, t in rated
+                  if ln.limit_tokens is not None]
+    return RateRemaining(requests, min(token_left) if token_left else None)
+
+
 def tightest_remaining(lines: Sequence[CounterLine], totals: Sequence[Totals]) -> Remaining:
     """Remaining cost and tokens of the tightest limited line (enforced lines first)."""
     limited = [(ln, t) for ln, t in zip(lines, totals, strict=True)
                if ln.limit_nusd is not None or ln.limit_tokens is not None]
+    limited = [pair for pair in limited if not pair[0].shadow]
     enforced = [pair for pair in limited if pair[0].enforce]
     candidates = enforced or limited
     if not candidates:
@@ -163,7 +214,7 @@ def warnings(
     out = []
     for line, tot in zip(lines, totals, strict=True):
         policy = policies_by_id.get(line.policy_id)
-        if policy is None or policy.type is PolicyType.IGNORE:
+        if policy is None or policy.type in (PolicyType.IGNORE, PolicyType.SHADOW):
             continue
         used = utilisation(line, tot)
         if used >= policy.warning_threshold:

@@ -170,7 +170,22 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_ID_TAG}{next(_id_counter):010x}"
 
 
-class Period(StrEnum):
+class _AliasEnum(StrEnum):
+    """Accepts the seed documents' spellings: any case, hyphens or spaces for underscores
+    (`WARN`, `Hard-Limit`)."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _AliasEnum | None:
+        if isinstance(value, str):
+            wanted = value.strip().lower().replace("-", "_").replace(" ", "_")
+            for member in cls:
+                if member.value == wanted:
+                    return member
+        return None
+
+
+class Period(_AliasEnum):
+    MINUTELY = "minutely"
     HOURLY = "hourly"
     DAILY = "daily"
     WEEKLY = "weekly"
@@ -179,14 +194,25 @@ class Period(StrEnum):
     PER_TASK = "per_task"
 
 
-class PolicyType(StrEnum):
+class PolicyType(_AliasEnum):
     IGNORE = "ignore"
     WARN = "warn"
     SOFT_LIMIT = "soft_limit"
     HARD_LIMIT = "hard_limit"
+    SHADOW = "shadow"  # evaluated like hard_limit, never refuses: header and metric only
+
+    @classmethod
+    def _missing_(cls, value: object) -> _AliasEnum | None:
+        """Seed spellings: `ENFORCE` is a hard limit, `LOG` tracks only."""
+        if isinstance(value, str):
+            alias = {"enforce": "hard_limit", "log": "ignore", "hard": "hard_limit",
+                     "soft": "soft_limit"}.get(value.strip().lower())
+            if alias is not None:
+                return cls(alias)
+        return super()._missing_(value)
 
 
-class Tier(StrEnum):
+class Tier(_AliasEnum):
     LOCAL_LIGHTWEIGHT = "local_lightweight"
     LOCAL_MIDWEIGHT = "local_midweight"
     REMOTE_HEAVYWEIGHT = "remote_heavyweight"
@@ -207,6 +233,20 @@ class Budget(_Entity):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class TopUp(_Entity):
+    """A temporary raise of a policy's limit: counts until `expires_at`; spend is never reset."""
+
+    topup_id: str = Field(default_factory=lambda: new_id("top"))
+    cost: Usd | None = None
+    tokens: Tokens | None = None
+    requests: Count | None = None
+    created_at: Timestamp = Field(default_factory=utcnow)
+    expires_at: Timestamp
+
+    def live(self, now: datetime) -> bool:
+        return self.expires_at > now
+
+
 class BudgetPolicy(_Entity):
     """A limit on one period window for the requests its scope matches."""
 
@@ -222,28 +262,49 @@ class BudgetPolicy(_Entity):
     task_type: str | None = None
     session: str | None = None
     task: str | None = None
+    key_id: str | None = Field(None, description="Virtual key this policy limits (key budgets).")
     token_limit: Tokens | None = None
     cost_limit: Usd | None = None
+    request_limit: Count | None = Field(None, description="Calls in the window.")
     warning_threshold: Ratio = 0.8
     action_threshold: Ratio = 0.95
     fallback_model: str | None = Field(
         None, description="soft_limit: the cheaper model requests move to past action_threshold."
     )
     enabled: bool = True
+    topups: list[TopUp] = Field(default_factory=list, max_length=1000,
+                                description="Temporary raises of the limits, until they expire.")
     source: str | None = Field(None, description="Policy file this policy was loaded from.")
     created_at: Timestamp = Field(default_factory=utcnow)
     updated_at: Timestamp = Field(default_factory=utcnow)
 
     @model_validator(mode="after")
     def _needs_a_limit(self) -> BudgetPolicy:
-        unlimited = self.token_limit is None and self.cost_limit is None
+        unlimited = (self.token_limit is None and self.cost_limit is None
+                     and self.request_limit is None)
         if self.type is not PolicyType.IGNORE and unlimited:
-            raise ValueError("a policy needs cost_limit or token_limit (or type 'ignore')")
+            raise ValueError("a policy needs cost_limit, token_limit or request_limit "
+                             "(or type 'ignore')")
         return self
 
     @property
     def cost_limit_nusd(self) -> int | None:
         return usd_to_nusd(self.cost_limit)
+
+    def limits_at(self, now: datetime) -> tuple[int | None, int | None, int | None]:
+        """(nano-USD, tokens, requests) limits at `now`: the policy's own plus its live
+        top-ups of the same kind (a top-up never creates a limit the policy does not have)."""
+        live = [t for t in self.topups if t.live(now)]
+        cost = self.cost_limit_nusd
+        if cost is not None:
+            cost += sum(usd_to_nusd(t.cost) or 0 for t in live)
+        tokens = self.token_limit
+        if tokens is not None:
+            tokens += sum(t.tokens or 0 for t in live)
+        requests = self.request_limit
+        if requests is not None:
+            requests += sum(t.requests or 0 for t in live)
+        return cost, tokens, requests
 
 
 class UsageRecord(_Entity):

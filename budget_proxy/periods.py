@@ -7,7 +7,7 @@ in Europe/Berlin resets at local midnight; the window id is stable text used in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from budget_proxy.models import Period
@@ -38,6 +38,9 @@ def window_for(
     if period is Period.PER_TASK:
         return Window(f"t:{task}", None) if task else None
     local = now.astimezone(tz)
+    if period is Period.MINUTELY:  # absolute time: a minute is a minute across DST changes
+        start = now.astimezone(UTC).replace(second=0, microsecond=0)
+        return Window(f"n:{start:%Y%m%d%H%M}", start + timedelta(minutes=1))
     if period is Period.HOURLY:
         start = local.replace(minute=0, second=0, microsecond=0)
         return Window(f"h:{start:%Y%m%d%H}", _wall_add(start, hours=1, tz=tz))

@@ -100,6 +100,7 @@ class Reservation:
     cost_nusd: int
     tokens: int
     intent: str | None = None
+    requests: int = 1  # calls this hold counts on its lines (0: an allocation's hold)
 
     def __post_init__(self) -> None:
         if not 0 <= self.cost_nusd <= MAX_AMOUNT_NUSD:

@@ -306,7 +306,7 @@ class RedisStore(Store):
         await self._remember_groups([g for g, _ in groups])
         rid = reservation.reservation_id
         common = [rid, reservation.cost_nusd, reservation.tokens, max(1, round(ttl_s * 1000)),
-                  K.COUNTER_IDLE_S * 1000, reservation.intent or ""]
+                  K.COUNTER_IDLE_S * 1000, reservation.intent or "", reservation.requests]
         totals: list[Totals | None] = [None] * len(lines)
         held: list[tuple[str, list[int]]] = []
         for group, indexes in groups:
@@ -318,6 +318,7 @@ class RedisStore(Store):
                 args += [
                     -1 if line.limit_nusd is None else line.limit_nusd,
                     -1 if line.limit_tokens is None else line.limit_tokens,
+                    -1 if line.limit_requests is None else line.limit_requests,
                     1 if line.enforce else 0,
                     _expire_at_ms(line),
                 ]
@@ -331,7 +332,7 @@ class RedisStore(Store):
                 raise
             ok, refused = int(reply[0]), int(reply[1])
             for j, i in enumerate(indexes):
-                totals[i] = Totals(*(int(x) for x in reply[2 + 4 * j: 6 + 4 * j]))
+                totals[i] = Totals(*(int(x) for x in reply[2 + 5 * j: 7 + 5 * j]))
             if not ok:
                 await self._compensate(reservation, held)
                 for _, held_indexes in held:  # report totals without the hold just dropped
@@ -339,7 +340,8 @@ class RedisStore(Store):
                         t = totals[i]
                         assert t is not None
                         totals[i] = Totals(t.spent_nusd, t.reserved_nusd - reservation.cost_nusd,
-                                           t.spent_tokens, t.reserved_tokens - reservation.tokens)
+                                           t.spent_tokens, t.reserved_tokens - reservation.tokens,
+                                           t.requests - reservation.requests)
                 missing = [i for i, t in enumerate(totals) if t is None]
                 if missing:
                     with contextlib.suppress(StoreError):
@@ -519,7 +521,7 @@ class RedisStore(Store):
         async def read() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.hmget(K.counter(key), "sn", "rn", "st", "rt")
+                    pipe.hmget(K.counter(key), "sn", "rn", "st", "rt", "q")
                 return await pipe.execute()
 
         rows = await self._redis(read)

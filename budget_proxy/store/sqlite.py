@@ -57,7 +57,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     spent_nusd INTEGER NOT NULL DEFAULT 0,
-    spent_tokens INTEGER NOT NULL DEFAULT 0
+    spent_tokens INTEGER NOT NULL DEFAULT 0,
+    spent_requests INTEGER NOT NULL DEFAULT 0
 );
 -- one row per hold, written before its call is forwarded and deleted with its settlement;
 -- keyed by rowid only (one b-tree to write: half the cost of a text primary key)
@@ -165,6 +166,7 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
             _migrate_reservations(db)
+            _migrate_request_counts(db)
             self._db = db
             charged = self._charge_dead_holds(db)
         except BaseException:
@@ -173,13 +175,13 @@ class SqliteStore(Store):
             raise
         if charged:
             log.warning("charged %d holds of a dead process as unsettled usage", charged)
-        for key, spent, spent_tokens in db.execute(
-                "SELECT key, spent_nusd, spent_tokens FROM counters"):
-            self._counters[key] = [spent, 0, spent_tokens, 0]
+        for key, spent, spent_tokens, requests in db.execute(
+                "SELECT key, spent_nusd, spent_tokens, spent_requests FROM counters"):
+            self._counters[key] = [spent, 0, spent_tokens, 0, requests]
         rows = db.execute("SELECT seq, reservation_id, keys, cost_nusd, tokens, expires_at "
                           "FROM holds")
         for seq, rid, keys, cost, tokens, expires_at in rows:  # allocation holds: kept
-            res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens)
+            res = Reservation(rid, tuple(orjson.loads(keys)), cost, tokens, requests=0)
             self._hold(res, +1)
             self._reservations[rid] = _Held(res, expires_at, seq)
         row = db.execute("SELECT value FROM meta WHERE name = 'config_version'").fetchone()
@@ -224,31 +226,37 @@ class SqliteStore(Store):
         return self._db
 
     # counters -----------------------------------------------------------------------------
+    # A counter in memory: [spent nano-USD, reserved nano-USD, spent tokens, reserved tokens,
+    # calls]. A call counts from its hold on; a release takes it back, a settlement keeps it
+    # (and writes it to the table with the spend: only settlements of a held call count).
     def _counter(self, key: str) -> list[int]:
         counter = self._counters.get(key)
         if counter is None:
             key = safe_text(key)
             counter = self._counters.get(key)
             if counter is None:
-                counter = self._counters[key] = [0, 0, 0, 0]
+                counter = self._counters[key] = [0, 0, 0, 0, 0]
         return counter
 
-    def _hold(self, res: Reservation, sign: int) -> None:
+    def _hold(self, res: Reservation, sign: int, calls: bool = True) -> None:
         for key in res.keys:
             counter = self._counter(key)
             counter[1] = max(0, counter[1] + sign * res.cost_nusd)
             counter[3] = max(0, counter[3] + sign * res.tokens)
+            if calls:
+                counter[4] = max(0, counter[4] + sign * res.requests)
 
     @staticmethod
     def _totals(counter: list[int]) -> Totals:
-        return Totals(counter[0], counter[1], counter[2], counter[3])
+        return Totals(counter[0], counter[1], counter[2], counter[3], counter[4])
 
     async def reserve(
         self, reservation: Reservation, lines: Sequence[CounterLine], ttl_s: float
     ) -> ReserveResult:
         current = [self._totals(self._counter(line.key)) for line in lines]
         for index, (line, tot) in enumerate(zip(lines, current, strict=True)):
-            if would_refuse(line, tot, reservation.cost_nusd, reservation.tokens):
+            if would_refuse(line, tot, reservation.cost_nusd, reservation.tokens,
+                            reservation.requests):
                 return ReserveResult(False, tuple(current), index)
         if self._db is None:
             raise StoreError("embedded store is not open")
@@ -388,18 +396,22 @@ class SqliteStore(Store):
                     rows.append(_usage_row(record, write.record_json))
             results.append(new)
             if new:
+                calls = reservation.requests if write.seq else 0  # a held call counts
                 for key in reservation.keys:
-                    delta = deltas.setdefault(key, [0, 0])
+                    delta = deltas.setdefault(key, [0, 0, 0])
                     delta[0] += write.cost_nusd
                     delta[1] += write.tokens
+                    delta[2] += calls
         if rows:
             db.executemany("INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if deltas:
             db.executemany(
-                "INSERT INTO counters (key, spent_nusd, spent_tokens) VALUES (?, ?, ?) "
+                "INSERT INTO counters (key, spent_nusd, spent_tokens, spent_requests) "
+                "VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET spent_nusd = spent_nusd + excluded.spent_nusd, "
-                "spent_tokens = spent_tokens + excluded.spent_tokens",
-                [(key, d[0], d[1]) for key, d in deltas.items()],
+                "spent_tokens = spent_tokens + excluded.spent_tokens, "
+                "spent_requests = spent_requests + excluded.spent_requests",
+                [(key, d[0], d[1], d[2]) for key, d in deltas.items()],
             )
         if gone:
             db.executemany("DELETE FROM holds WHERE seq = ?", gone)
@@ -409,7 +421,7 @@ class SqliteStore(Store):
         self._untrack(reservation.reservation_id)
         held = self._reservations.pop(reservation.reservation_id, None)
         if held is not None:
-            self._hold(held.reservation, -1)
+            self._hold(held.reservation, -1, calls=False)  # the call stays counted
         for key in reservation.keys:
             counter = self._counter(key)
             counter[0] += cost_nusd
@@ -440,7 +452,7 @@ class SqliteStore(Store):
         return renewed
 
     async def totals(self, keys: Sequence[str]) -> list[Totals]:
-        zero = [0, 0, 0, 0]
+        zero = [0, 0, 0, 0, 0]
         return [self._totals(self._counters.get(key) or self._counters.get(safe_text(key), zero))
                 for key in keys]
 
@@ -538,6 +550,13 @@ def _migrate_reservations(db: sqlite3.Connection) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _migrate_request_counts(db: sqlite3.Connection) -> None:
+    """A database from before request limits gets its call count column (0 calls so far)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(counters)")}
+    if "spent_requests" not in columns:
+        db.execute("ALTER TABLE counters ADD COLUMN spent_requests INTEGER NOT NULL DEFAULT 0")
 
 
 def _usage_row(record: UsageRecord, body: str) -> tuple[object, ...]:

@@ -5,17 +5,20 @@ import pytest
 
 from budget_proxy.enforcement import (
     CounterLine,
+    RateRemaining,
     RequestScope,
     Totals,
     counter_lines,
     policy_matches,
+    rate_remaining,
+    shadow_refusals,
     soft_limit_move,
     tightest_remaining,
     utilisation,
     warnings,
     would_refuse,
 )
-from budget_proxy.models import BudgetPolicy, Period, PolicyType
+from budget_proxy.models import INPUT, BudgetPolicy, Period, PolicyType
 
 SCOPE = RequestScope(provider="openai", model="gpt-4o", component="billing",
                      tier="remote_heavyweight", task_type="chat", session="s1", task="t1")
@@ -126,6 +129,107 @@ def test_warnings_and_soft_limit_moves():
 
 
 def test_policy_needs_a_limit_unless_ignore():
-    with pytest.raises(ValueError, match="cost_limit or token_limit"):
+    with pytest.raises(ValueError, match="cost_limit, token_limit or request_limit"):
         BudgetPolicy(type=PolicyType.HARD_LIMIT)
     assert BudgetPolicy(type=PolicyType.IGNORE).cost_limit is None
+
+
+CALLS = CounterLine("k", None, 100, enforce=True, policy_id="p", limit_requests=3)
+
+
+@pytest.mark.parametrize(
+    ("totals", "tokens", "requests", "refused"),
+    [
+        (Totals(requests=2), 0, 1, False),  # the third call fits
+        (Totals(requests=3), 0, 1, True),  # the fourth does not
+        (Totals(requests=3), 0, 0, False),  # a hold that is not a call (allocation)
+        (Totals(requests=0), 101, 1, True),  # tokens per minute refuse on their own
+        (Totals(requests=10), 0, 1, True),  # already past (a limit lowered by an edit)
+    ],
+)
+def test_would_refuse_counts_calls(totals, tokens, requests, refused):
+    assert would_refuse(CALLS, totals, 0, tokens, requests) is refused
+
+
+def test_zero_call_limit_refuses_every_call():
+    line = CounterLine("k", None, None, True, "p", limit_requests=0)
+    assert would_refuse(line, Totals(), 0, 0)
+    assert utilisation(line, Totals()) == 1.0
+
+
+def test_rate_remaining_names_the_tightest_call_limit():
+    lines = [CALLS, CounterLine("b", None, 50, True, "b", limit_requests=10),
+             CounterLine("c", None, 1, False, "c", limit_requests=1),  # not enforced
+             CounterLine("d", 5, None, True, "d")]  # no call limit
+    got = rate_remaining(lines, [Totals(requests=1, spent_tokens=10), Totals(requests=9),
+                                 Totals(requests=1), Totals()])
+    assert (got.requests, got.tokens) == (1, 50)
+    assert rate_remaining([LINE], [Totals()]) == RateRemaining(None, None)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "parsed"),
+    [("WARN", PolicyType.WARN), ("ENFORCE", PolicyType.HARD_LIMIT), ("LOG", PolicyType.IGNORE),
+     ("Hard-Limit", PolicyType.HARD_LIMIT), ("soft limit", PolicyType.SOFT_LIMIT),
+     ("shadow", PolicyType.SHADOW), ("hard_limit", PolicyType.HARD_LIMIT)],
+)
+def test_seed_type_spellings_are_aliases(spelling, parsed):
+    assert BudgetPolicy.model_validate({"type": spelling, "cost_limit": 1}).type is parsed
+
+
+@pytest.mark.parametrize("spelling", ["enforced", "", "hard__limit", 3, None])
+def test_unknown_type_spellings_are_refused(spelling):
+    with pytest.raises(ValueError, match="type"):
+        BudgetPolicy.model_validate({"type": spelling, "cost_limit": 1})
+
+
+@pytest.mark.parametrize(("spelling", "parsed"), [("DAILY", Period.DAILY),
+                                                   ("Minutely", Period.MINUTELY),
+                                                   ("per-session", Period.PER_SESSION)])
+def test_period_spellings_are_aliases(spelling, parsed):
+    assert BudgetPolicy.model_validate({"period": spelling, "cost_limit": 1}).period is parsed
+
+
+def test_request_limit_alone_is_a_limit_and_is_bounded():
+    assert BudgetPolicy(request_limit=3).request_limit == 3
+    for bad in (-1, 10**10, True, "many"):
+        with pytest.raises(ValueError, match="request_limit"):
+            BudgetPolicy.model_validate({"request_limit": bad}, context=INPUT)
+
+
+def test_shadow_lines_never_enforce_and_report_what_they_would_refuse():
+    policies = [policy(policy_id="s", type=PolicyType.SHADOW, request_limit=1, cost_limit=None),
+                policy(policy_id="h", cost_limit=1.0)]
+    lines = counter_lines(policies, SCOPE, NOW, UTC_Z)
+    assert [(ln.enforce, ln.shadow) for ln in lines] == [(False, True), (True, False)]
+    assert shadow_refusals(lines, [Totals(requests=1), Totals()], 0, 0) == ["s"]
+    assert shadow_refusals(lines, [Totals(), Totals()], 0, 0) == []
+    assert warnings({p.policy_id: p for p in policies}, lines,
+                    [Totals(requests=5), Totals()]) == []  # the shadow header says it
+
+
+@pytest.mark.parametrize(
+    ("topups", "limit_nusd", "limit_tokens"),
+    [
+        ([], 1_000_000_000, None),
+        ([{"cost": 5.0, "expires_at": datetime(2026, 11, 23, tzinfo=UTC)}], 6_000_000_000, None),
+        # expired: the limit is back
+        ([{"cost": 5.0, "expires_at": datetime(2026, 11, 22, 11, tzinfo=UTC)}], 1_000_000_000,
+         None),
+        # a token top-up does not create a token limit the policy does not have
+        ([{"tokens": 50, "expires_at": datetime(2026, 11, 23, tzinfo=UTC)}], 1_000_000_000,
+         None),
+        ([{"cost": 1.0, "expires_at": datetime(2026, 11, 23, tzinfo=UTC)},
+          {"cost": 2.0, "expires_at": datetime(2026, 11, 24, tzinfo=UTC)}], 4_000_000_000, None),
+    ],
+)
+def test_topups_raise_the_limit_until_they_expire(topups, limit_nusd, limit_tokens):
+    (line,) = counter_lines([policy(policy_id="a", topups=topups)], SCOPE, NOW, UTC_Z)
+    assert (line.limit_nusd, line.limit_tokens) == (limit_nusd, limit_tokens)
+
+
+def test_key_budgets_match_only_their_key():
+    keyed = policy(key_id="vk_1")
+    assert policy_matches(keyed, RequestScope("openai", "gpt-4o", "billing", key_id="vk_1"))
+    assert not policy_matches(keyed, RequestScope("openai", "gpt-4o", "billing", key_id="vk_2"))
+    assert not policy_matches(keyed, SCOPE)  # no key: not this key's budget

@@ -29,6 +29,11 @@ BERLIN = ZoneInfo("Europe/Berlin")
          datetime(2027, 1, 1, tzinfo=UTC)),
         (Period.MONTHLY, datetime(2026, 2, 3, tzinfo=UTC), UTC_Z, "m:202602",
          datetime(2026, 3, 1, tzinfo=UTC)),
+        (Period.MINUTELY, datetime(2026, 11, 22, 13, 59, 59, 999, tzinfo=UTC), UTC_Z,
+         "n:202611221359", datetime(2026, 11, 22, 14, tzinfo=UTC)),
+        # a minute is absolute: the same window id whatever the time zone
+        (Period.MINUTELY, datetime(2026, 11, 22, 23, 30, 5, tzinfo=UTC), BERLIN,
+         "n:202611222330", datetime(2026, 11, 22, 23, 31, tzinfo=UTC)),
         # the day DST ends in Berlin has 25 hours; the window still ends at local midnight
         (Period.DAILY, datetime(2026, 10, 25, 12, tzinfo=UTC), BERLIN, "d:20261025",
          datetime(2026, 10, 25, 23, tzinfo=UTC)),
