@@ -242,8 +242,7 @@ async def set_limit(app: State, args: SetLimitInput) -> dict[str, Any]:
     existing = None if args.new else next(
         (p for p in await store.list_policies() if same_scope(p, args)), None)
     if existing is not None:  # same policy id: its windows, hence its spend, are kept
-        policy = BudgetPolicy.model_validate(
-            existing.model_dump() | limits | {"updated_at": utcnow()})
+        policy = existing.model_copy(update=limits | {"updated_at": utcnow()})
         event = "policy_updated"
     else:
         policy = BudgetPolicy(period=args.period, type=args.policy_type, provider=args.provider,
