@@ -37,6 +37,7 @@ from budget_proxy.config import Settings
 from budget_proxy.edge import edge_middleware
 from budget_proxy.events import EventBus
 from budget_proxy.hermes import hermes_ctx
+from budget_proxy.ledger.service import drift_ctx, make_ledger
 from budget_proxy.loops import every, stop
 from budget_proxy.mcp.server import mcp_ctx
 from budget_proxy.metrics import Metrics
@@ -60,7 +61,8 @@ def make_store(settings: Settings) -> Store:
         from budget_proxy.store.redis import RedisStore
 
         return RedisStore(settings.redis_url, fail_mode=settings.fail_mode,
-                          data_dir=settings.data_dir)
+                          data_dir=settings.data_dir, ledger=make_ledger(settings),
+                          record_retention_days=settings.record_retention_days)
     return SqliteStore(settings.data_dir)
 
 
@@ -238,6 +240,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
     app.cleanup_ctx.append(hermes_ctx)  # optional service registry (HERMES_URL)
     app.cleanup_ctx.append(mcp_ctx)  # MCP at /api/mcp: the SDK's session manager
+    app.cleanup_ctx.append(drift_ctx)  # with a ledger: counters compared with it, alerts
     app.add_subapp(PREFIX, admin_app())  # `/api/...`: its own error, access middlewares
     app.router.add_routes(root_routes())
     app.router.add_routes(app[METRICS].routes())

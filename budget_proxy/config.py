@@ -99,6 +99,15 @@ class Settings(BaseSettings):
         Path("./budget-data"), description="Directory of the embedded store (SQLite)."
     )
     redis_url: str | None = Field(None, description="Use the Redis store at this URL.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL ledger (postgresql://...): usage records and hourly "
+        "rollups live there and every usage reader reads it; needs BUDGET_REDIS_URL.")
+    record_retention_days: float = Field(
+        30.0, gt=0, le=36500, description="Without a database: days the Redis store keeps "
+        "usage records.")
+    drift_check_interval_s: float = Field(
+        300.0, ge=0, description="With a database: how often counters are compared with the "
+        "ledger (0: never); a drift raises an alert.")
     admin_token: str | None = Field(None, description="Bearer token required for mutations.")
     viewer_token: str | None = Field(None, description="Bearer token allowed to read only.")
     component: str = Field("default", description="Component charged when a request names none.")
@@ -195,6 +204,16 @@ class Settings(BaseSettings):
     def open_admin(self) -> bool:
         """Anyone who can reach the listen address may change budgets."""
         return self.admin_token is None and not is_loopback(self.host)
+
+    @model_validator(mode="after")
+    def _ledger_needs_redis(self) -> Settings:
+        if self.database_url is not None:
+            if not self.database_url.startswith(("postgresql://", "postgres://")):
+                raise ValueError("BUDGET_DATABASE_URL must be a postgresql:// URL")
+            if self.redis_url is None:
+                raise ValueError("BUDGET_DATABASE_URL needs BUDGET_REDIS_URL: the embedded "
+                                 "store keeps its usage records itself")
+        return self
 
     def check_serving(self) -> None:
         """What `serve` refuses to start with, beyond each field's own validation."""

@@ -53,13 +53,13 @@ WITH rows AS (
         LEAST(sum(output_nusd), $19), LEAST(sum(total_nusd), $19)
     FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (hour, provider, model, component) DO UPDATE SET
-        requests = LEAST(h.requests::numeric + EXCLUDED.requests, 9223372036854775807),
-        input_tokens = LEAST(h.input_tokens::numeric + EXCLUDED.input_tokens, 9223372036854775807),
-        output_tokens = LEAST(h.output_tokens::numeric + EXCLUDED.output_tokens, 9223372036854775807),
-        total_tokens = LEAST(h.total_tokens::numeric + EXCLUDED.total_tokens, 9223372036854775807),
-        input_nusd = LEAST(h.input_nusd::numeric + EXCLUDED.input_nusd, 9223372036854775807),
-        output_nusd = LEAST(h.output_nusd::numeric + EXCLUDED.output_nusd, 9223372036854775807),
-        total_nusd = LEAST(h.total_nusd::numeric + EXCLUDED.total_nusd, 9223372036854775807)
+        requests = LEAST(h.requests::numeric + EXCLUDED.requests, $19),
+        input_tokens = LEAST(h.input_tokens::numeric + EXCLUDED.input_tokens, $19),
+        output_tokens = LEAST(h.output_tokens::numeric + EXCLUDED.output_tokens, $19),
+        total_tokens = LEAST(h.total_tokens::numeric + EXCLUDED.total_tokens, $19),
+        input_nusd = LEAST(h.input_nusd::numeric + EXCLUDED.input_nusd, $19),
+        output_nusd = LEAST(h.output_nusd::numeric + EXCLUDED.output_nusd, $19),
+        total_nusd = LEAST(h.total_nusd::numeric + EXCLUDED.total_nusd, $19)
     RETURNING 1
 )
 SELECT count(*) FROM ins

@@ -9,8 +9,9 @@ Layout rules:
   (`"{policy_id}:{window_id}"`, `"alloc:{id}"`) is its policy id (or `alloc:<id>`), so every
   window of one policy lives in one slot and a request is reserved in one script per policy
   group. On a standalone server all of a request's counters go to one script anyway.
-- Documents (policies, budgets, ... and `config_version`) share `{d}`; usage records and their
-  indexes share `{u}`; store-wide bookkeeping shares `{m}`.
+- Documents (policies, budgets, ... and `config_version`) share `{d}`; a usage record, its
+  index entries, its settle marker and its hand-off stream share `{u:<shard>}` (16 shards by
+  record id); store-wide bookkeeping shares `{m}`.
 - No limit amount ever appears in a key: editing a policy's limit never resets its spend.
 
 Units: amounts are integer nano-USD (`*_nusd`) and integer tokens; times are milliseconds
@@ -20,6 +21,7 @@ since the epoch of Redis `TIME` (the one clock) unless a name says `_s`.
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 from budget_proxy.store.base import safe_text
 
@@ -46,11 +48,21 @@ DOC_ORDER = PREFIX + ":{{d}}:order:{kind}"  # sorted set doc_id -> creation sequ
 DOC_SEQ = PREFIX + ":{d}:seq"  # integer, creation sequence of documents
 CONFIG_VERSION = PREFIX + ":{d}:config_version"  # integer, INCR on every config change
 
-# --- usage records: tag {u} ------------------------------------------------------------------
-USAGE_RECORDS = PREFIX + ":{u}:rec"  # hash record_id -> UsageRecord JSON (kept forever)
-USAGE_INDEX_ALL = PREFIX + ":{u}:idx:all"  # sorted set record_id -> timestamp (s)
-USAGE_INDEX = PREFIX + ":{{u}}:idx:{field}:{value}"  # same, for one value of one field
-USAGE_SETTLED = PREFIX + ":{{u}}:done:{settle_id}"  # dedupe of settlements without a record
+# --- usage records: tag {u:<shard>} ----------------------------------------------------------
+# Records are spread over USAGE_SHARDS tags by record id (`usage_tag`), so a cluster spreads
+# them over its shards; every key of one record shares its tag. Tag `u` is the layout before
+# shards: read and trimmed by retention, never written.
+USAGE_SHARDS = 16
+LEGACY_USAGE_TAG = "u"
+USAGE_RECORDS = PREFIX + ":{{{tag}}}:rec"  # hash record_id -> UsageRecord JSON (no database)
+USAGE_INDEX_ALL = PREFIX + ":{{{tag}}}:idx:all"  # sorted set record_id -> timestamp (s)
+USAGE_INDEX = PREFIX + ":{{{tag}}}:idx:{field}:{value}"  # same, for one value of one field
+USAGE_INDEX_PREFIX = PREFIX + ":{{{tag}}}:idx:"
+USAGE_SETTLED = PREFIX + ":{{{tag}}}:done:{settle_id}"  # string: a settlement was applied
+# With a database: the hand-off stream of a shard (entries {r: record JSON}), read by the
+# consumer group LEDGER_GROUP, acknowledged and deleted once the ledger has the record
+LEDGER_STREAM = PREFIX + ":{{{tag}}}:ledger"
+LEDGER_GROUP = "ledger"
 USAGE_INDEX_FIELDS = ("component", "provider", "model", "context_id", "session_id")
 
 # --- store-wide bookkeeping: tag {m} ---------------------------------------------------------
@@ -68,8 +80,16 @@ COUNTER_AFTER_WINDOW_S = 7 * 24 * 3600
 # long without a reservation or settlement.
 COUNTER_IDLE_S = 90 * 24 * 3600
 # How long a group's settle dedupe key lives: longer than any journal entry waits for replay.
-# Settlements with a usage record are also deduplicated by the record itself, forever.
+# Without a database, settlements with a usage record are also deduplicated by the record
+# itself, as long as it is kept.
 SETTLED_TTL_S = 7 * 24 * 3600
+# With a database, a settlement's record leaves Redis once the ledger has it; its marker
+# (USAGE_SETTLED) keeps the settlement from being applied twice this long: longer than the
+# race of a real settlement with the charge of its dead hold (TTL + reaper lease) and than a
+# journal replay after a restart. It is what Redis keeps per call with a database.
+LEDGER_SETTLED_TTL_S = 6 * 3600
+# Without a database, records are kept this long by default (BUDGET_RECORD_RETENTION_DAYS)
+RECORD_RETENTION_DAYS = 30
 
 # prefixes of counter keys whose group is the first two segments (`alloc:<id>`), not one
 MULTI_SEGMENT_GROUPS = frozenset({"alloc"})
@@ -123,9 +143,36 @@ def doc_order(kind: str) -> str:
     return DOC_ORDER.format(kind=kind)
 
 
-def usage_index(field: str, value: str) -> str:
-    return USAGE_INDEX.format(field=field, value=safe_text(value))
+def usage_tag(record_id: str) -> str:
+    """The hash tag of a record's keys: one of USAGE_SHARDS, stable for a record id."""
+    return f"u:{zlib.crc32(safe_text(record_id).encode()) % USAGE_SHARDS}"
+
+
+def usage_tags(legacy: bool = True) -> list[str]:
+    """Every record tag (with the layout before shards when `legacy`)."""
+    return [*([LEGACY_USAGE_TAG] if legacy else []), *(f"u:{i}" for i in range(USAGE_SHARDS))]
+
+
+def usage_records(tag: str) -> str:
+    return USAGE_RECORDS.format(tag=tag)
+
+
+def usage_index_all(tag: str) -> str:
+    return USAGE_INDEX_ALL.format(tag=tag)
+
+
+def usage_index(tag: str, field: str, value: str) -> str:
+    return USAGE_INDEX.format(tag=tag, field=field, value=safe_text(value))
+
+
+def usage_index_prefix(tag: str) -> str:
+    return USAGE_INDEX_PREFIX.format(tag=tag)
 
 
 def usage_settled(settle_id: str) -> str:
-    return USAGE_SETTLED.format(settle_id=settle_id)
+    """The settle marker of a settlement, in its record's tag."""
+    return USAGE_SETTLED.format(tag=usage_tag(settle_id), settle_id=settle_id)
+
+
+def ledger_stream(tag: str) -> str:
+    return LEDGER_STREAM.format(tag=tag)

@@ -70,6 +70,8 @@ from redis.exceptions import (
 )
 
 from budget_proxy.enforcement import CounterLine, ReserveResult, Totals
+from budget_proxy.ledger.base import HourlyRow
+from budget_proxy.ledger.redis_records import TRIM_INTERVAL_S, Handoff, list_records, trim_records
 from budget_proxy.logs import redact_url
 from budget_proxy.models import UsageRecord
 from budget_proxy.store import keys as K
@@ -89,11 +91,13 @@ from budget_proxy.store.journal import Journal, Settlement, SettlementJournaled
 
 if TYPE_CHECKING:
     from budget_proxy.events import EventBus
+    from budget_proxy.ledger.postgres import PostgresLedger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCRIPTS = ("reserve", "settle", "release", "reap", "renew", "doc_put", "doc_delete")
+SCRIPTS = ("reserve", "settle", "release", "reap", "renew", "doc_put", "doc_delete",
+           "trim_records")
 CONNECT_TIMEOUT_S = 0.5  # a dead or unroutable Redis answers StoreError this fast ...
 OP_TIMEOUT_S = 1.0  # ... and a hung one this fast (URL query arguments override both)
 CLOCK_SYNC_INTERVAL_S = 30.0
@@ -102,7 +106,6 @@ MAX_INFLIGHT = 64  # Redis operations at once per process; more wait (connection
 REAP_BATCH = 1000
 REAP_LEASE_MS = 30_000  # a dead hold handed to one reaper is not handed to another this long
 EVENT_BATCH_S = 0.02  # events relayed to other replicas travel in batches this often
-USAGE_PAGE = 500
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
                       RedisClusterException, OSError, asyncio.TimeoutError)
 
@@ -169,8 +172,14 @@ class RedisStore(Store):
         data_dir: Path | str = Path("./budget-data"),
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         op_timeout_s: float = OP_TIMEOUT_S,
+        ledger: PostgresLedger | None = None,
+        record_retention_days: float = K.RECORD_RETENTION_DAYS,
     ) -> None:
+        """`ledger`: usage records are handed off to it (and read from it) instead of kept
+        in Redis for `record_retention_days`."""
         super().__init__()
+        self.ledger = ledger
+        self.record_retention_s = record_retention_days * 86400
         self.url, self.cluster = parse_redis_url(url)
         self.fail_mode = fail_mode
         self.connect_timeout_s = connect_timeout_s
@@ -190,6 +199,7 @@ class RedisStore(Store):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(MAX_INFLIGHT)
         self._outbox: list[dict[str, Any]] = []  # events waiting for the next relay batch
+        self.handoff = None if ledger is None else Handoff(self, ledger, self.replica_id)
 
     # lifecycle ----------------------------------------------------------------------------
     def _make_client(self) -> Redis | RedisCluster:
@@ -219,11 +229,18 @@ class RedisStore(Store):
             await self.sync_clock()
         except StoreError as exc:
             log.warning("redis %s not reachable at start: %s", redact_url(self.url), exc)
+        if self.ledger is not None:
+            try:
+                await self.ledger.start()
+            except StoreError as exc:  # the hand-off retries; usage reads answer 503 meanwhile
+                log.warning("usage ledger not reachable at start: %s", exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         self.journal.close()
+        if self.ledger is not None:
+            await self.ledger.close()
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(Exception):
@@ -444,18 +461,14 @@ class RedisStore(Store):
         `whole=False`: the charge of one group's dead hold (cluster), which must be applied
         to that group even when another group's charge already wrote the record."""
         groups = self._groups(s.keys)
-        record_keys: list[str] = []
-        if s.record_json is not None:
-            doc = orjson.loads(s.record_json)
-            record_keys = [K.USAGE_RECORDS, K.USAGE_INDEX_ALL] + [
-                K.usage_index(field, str(doc[field])) for field in K.USAGE_INDEX_FIELDS
-                if doc.get(field) is not None
-            ]
+        record_keys = [] if s.record_json is None else self._record_keys(s.settle_id,
+                                                                          s.record_json)
         # the dedupe key's value: replays of this settlement match it, another settlement of
         # the same id (the real one vs the charge of its dead hold) does not
         token = hashlib.blake2b((s.record_json or f"{s.cost_nusd}:{s.tokens}").encode(),
                                 digest_size=8).hexdigest()
-        record_args = [s.record_json or "", s.record_ts_s, token]
+        record_args = [s.record_json or "", s.record_ts_s, token,
+                       "h" if self.ledger is None else "s", K.LEDGER_SETTLED_TTL_S * 1000]
         idle_ms = K.COUNTER_IDLE_S * 1000
         dedupe_ms = K.SETTLED_TTL_S * 1000
         base = [s.settle_id, s.reservation_id, s.cost_nusd, s.tokens]
@@ -476,8 +489,7 @@ class RedisStore(Store):
         # record means the whole settlement was applied before), and only by the settlement
         # that won a group (1) or a replay of it (2): of the real settlement and the charge of
         # its dead hold, only the one whose amounts were counted writes its record
-        if whole and record_keys and await self._redis(
-                lambda: self.client.hexists(K.USAGE_RECORDS, s.settle_id)):
+        if whole and record_keys and await self._record_written(s.settle_id):
             return False
         applied = mine = False
         for group, indexes in groups:
@@ -493,6 +505,24 @@ class RedisStore(Store):
             applied |= int(await self._script(
                 "settle", [K.usage_settled(s.settle_id), *record_keys], args)) == 1
         return applied
+
+    def _record_keys(self, record_id: str, record_json: str) -> list[str]:
+        """Keys settle.lua writes a record to, all in the record's shard: its hand-off
+        stream and settle marker with a ledger, else the records hash and its indexes."""
+        tag = K.usage_tag(record_id)
+        if self.ledger is not None:
+            return [K.usage_settled(record_id), K.ledger_stream(tag)]
+        doc = orjson.loads(record_json)
+        return [K.usage_records(tag), K.usage_index_all(tag)] + [
+            K.usage_index(tag, field, str(doc[field])) for field in K.USAGE_INDEX_FIELDS
+            if doc.get(field) is not None]
+
+    async def _record_written(self, record_id: str) -> bool:
+        if self.ledger is not None:
+            return bool(await self._redis(lambda: self.client.exists(
+                K.usage_settled(record_id))))
+        return bool(await self._redis(lambda: self.client.hexists(
+            K.usage_records(K.usage_tag(record_id)), record_id)))
 
     async def replay_journal(self, batch: int = 500) -> int:
         """Apply journaled settlements (oldest first) until the journal is empty or Redis
@@ -624,44 +654,22 @@ class RedisStore(Store):
 
     # usage --------------------------------------------------------------------------------
     async def list_usage(self, query: UsageQuery) -> list[UsageRecord]:
-        filters = [(f, v) for f, v in (
-            ("component", query.component), ("provider", query.provider),
-            ("model", query.model), ("context_id", query.context_id),
-            ("session_id", query.session_id)) if v is not None]
-        index = K.usage_index(*filters[0]) if filters else K.USAGE_INDEX_ALL
-        rest = filters[1:]
-        low: float | str = query.since.timestamp() if query.since else "-inf"
-        high: str = f"({query.until.timestamp()!r}" if query.until else "+inf"
+        """From the ledger when there is one, else merged over the Redis record shards."""
+        if self.ledger is not None:
+            return await self.ledger.list_usage(query)
+        return await list_records(self, query)
 
-        async def page(start: int, count: int) -> list[str]:
-            async def read() -> list[Any]:
-                if query.newest_first:
-                    ids = await self.client.zrevrangebyscore(index, high, low, start, count)
-                else:
-                    ids = await self.client.zrangebyscore(index, low, high, start, count)
-                if not ids:
-                    return []
-                return await self.client.hmget(K.USAGE_RECORDS, [str(i) for i in ids])
-            return [b for b in await self._redis(read) if b is not None]
+    async def hourly(self, since: datetime, until: datetime, provider: str | None = None,
+                     component: str | None = None, model: str | None = None
+                     ) -> list[HourlyRow] | None:
+        """The ledger's hourly rollups; None without a ledger (readers sum the records)."""
+        if self.ledger is None:
+            return None
+        return await self.ledger.hourly(since, until, provider, component, model)
 
-        if not rest:
-            bodies = await page(query.offset, query.limit)
-            return [UsageRecord.model_validate_json(b) for b in bodies]
-        out: list[UsageRecord] = []
-        skip, start = query.offset, 0
-        while len(out) < query.limit:
-            bodies = await page(start, USAGE_PAGE)
-            start += USAGE_PAGE
-            for body in bodies:
-                rec = UsageRecord.model_validate_json(body)
-                if all(getattr(rec, f) == v for f, v in rest):
-                    if skip:
-                        skip -= 1
-                    elif len(out) < query.limit:
-                        out.append(rec)
-            if len(bodies) < USAGE_PAGE:
-                break
-        return out
+    async def trim_records(self) -> int:
+        """Drop Redis usage records past the retention (without a ledger)."""
+        return await trim_records(self, self.record_retention_s)
 
     # operations ---------------------------------------------------------------------------
     async def check_server_config(self) -> list[str]:
@@ -706,6 +714,9 @@ class RedisStore(Store):
                                 name="journal-replay"),
             asyncio.create_task(self._every(CLOCK_SYNC_INTERVAL_S, self.sync_clock),
                                 name="clock-sync"),
+            asyncio.create_task(self.handoff.run(), name="ledger-handoff") if self.handoff
+            else asyncio.create_task(self._every(TRIM_INTERVAL_S, self.trim_records, now=True),
+                                     name="record-retention"),
         ]
         try:
             yield
@@ -719,6 +730,8 @@ class RedisStore(Store):
                     await task
             with contextlib.suppress(StoreError):  # last chance before shutdown
                 await self._replay_once()
+            if self.handoff is not None:
+                await self.handoff.drain()
 
     async def _replay_once(self) -> None:
         replayed = await self.replay_journal()

@@ -43,8 +43,8 @@ class PostgresServer:
             self.port = free_port()
         data = self.directory / "data"
         as_user = self._as_user()
-        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync",
-                        "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "-A", "trust",
+                        "--no-sync", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
         options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=200")

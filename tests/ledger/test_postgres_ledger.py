@@ -63,7 +63,7 @@ async def test_records_are_written_exactly_once(ledger: PostgresLedger) -> None:
     batch = [rec(i) for i in range(50)]
     assert await ledger.write_records(batch) == 50
     assert await ledger.write_records(batch) == 0  # a redelivered batch changes nothing
-    assert await ledger.write_records(batch[:10] + [rec(50)]) == 1
+    assert await ledger.write_records([*batch[:10], rec(50)]) == 1
     assert await ledger.count() == 51
     hours = await ledger.hourly(T0 - timedelta(days=1), T0 + timedelta(days=1))
     assert hours is not None and sum(h.requests for h in hours) == 51

@@ -3,7 +3,9 @@
 -- KEYS[1]        dedupe key (string, SET NX with a TTL), used when ARGV[7] > 0
 -- KEYS[2..1+n]   counter hashes (sn / st += actual; rn / rt -= the held amounts)
 -- then, if ARGV[6] = 1: the reservation hash and the deadlines sorted set of the group
--- then, if ARGV[9] ~= '': the usage records hash, then the index sorted sets of the record
+-- then, if ARGV[9] ~= '': with ARGV[12] = 'h' (no database) the usage records hash, then the
+--                index sorted sets of the record; with ARGV[12] = 's' (a database) the record's
+--                settle marker (string), then its hand-off stream (XADD r=<record>)
 -- ARGV[1]        settle id (record id, or reservation id when there is no record)
 -- ARGV[2]        reservation id
 -- ARGV[3]        actual cost, integer nano-USD
@@ -15,6 +17,8 @@
 -- ARGV[9]        usage record JSON ('' when none)
 -- ARGV[10]       usage record timestamp (seconds since epoch, the index score)
 -- ARGV[11]       token of this settlement (a digest of its record), the dedupe key's value
+-- ARGV[12]       where the record goes: 'h' (kept in Redis) or 's' (handed off to the ledger)
+-- ARGV[13]       with 's': how long the settle marker lives, ms
 -- Returns        1 if applied now, 2 if this same settlement (same token) had been applied
 --                before (a replay), 0 if another settlement of the id had been (on a cluster
 --                the caller writes the record only after a 1 or a 2: the dead-hold charge
@@ -30,8 +34,13 @@ if ARGV[6] == '1' then
   pos = pos + 2
 end
 local record = ARGV[9]
-if record ~= '' and redis.call('HEXISTS', KEYS[pos], ARGV[1]) == 1 then
-  return 0
+local handoff = ARGV[12] == 's'
+if record ~= '' then
+  if handoff then
+    if redis.call('EXISTS', KEYS[pos]) == 1 then return 0 end
+  elseif redis.call('HEXISTS', KEYS[pos], ARGV[1]) == 1 then
+    return 0
+  end
 end
 if tonumber(ARGV[7]) > 0 and not redis.call('SET', KEYS[1], ARGV[11], 'NX', 'PX', ARGV[7]) then
   if redis.call('GET', KEYS[1]) == ARGV[11] then return 2 end
@@ -61,7 +70,10 @@ for i = 2, 1 + n do
   if redis.call('PTTL', key) == -1 then redis.call('PEXPIRE', key, ARGV[8]) end
 end
 
-if record ~= '' then
+if record ~= '' and handoff then
+  redis.call('SET', KEYS[pos], ARGV[11], 'PX', ARGV[13])
+  redis.call('XADD', KEYS[pos + 1], '*', 'r', record)
+elseif record ~= '' then
   redis.call('HSET', KEYS[pos], ARGV[1], record)
   for i = pos + 1, #KEYS do
     redis.call('ZADD', KEYS[i], ARGV[10], ARGV[1])
