@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Tier = Literal["local_lightweight", "local_midweight", "remote_heavyweight"]
-Mode = Literal["chat", "completion", "embedding", "responses"]
+Mode = Literal["chat", "completion", "embedding", "responses", "image_generation",
+               "audio_speech", "audio_transcription"]
+PriceType = Literal["token", "character", "image", "time", "fixed"]
 Price = Annotated[Decimal, Field(ge=0)]
 UnknownPriceRule = Literal["refuse", "ceiling", "alert"]
 UnknownHook = Callable[[str, str, str], None]  # provider, model, rule
@@ -46,6 +48,14 @@ PRICE_FIELDS = (
     "cache_read_usd_per_mtok",
     "cache_write_usd_per_mtok",
     "reasoning_usd_per_mtok",
+)
+
+# prices of the seed's other price types: exact USD per unit, None when the model has none
+UNIT_PRICE_FIELDS = (
+    "input_cost_per_char",  # USD per input character (text to speech)
+    "cost_per_image",  # USD per image generated, when no size/quality price applies
+    "cost_per_second",  # USD per second of audio (transcription, translation)
+    "fixed_cost_per_request",  # USD per call, on top of every other price
 )
 
 SOURCE_CATALOG_PATH = Path(__file__).resolve().parents[1] / "pricing" / "catalog.json"
@@ -109,38 +119,98 @@ _LOCAL_FAMILY_BILLIONS = {
 }
 
 
-class ModelPrice(BaseModel):
-    """One model's list prices (USD per million tokens) and limits.
+def _refuse_floats(value: Any) -> Any:
+    if isinstance(value, bool | float):
+        raise ValueError("prices must be decimal strings or Decimal, not floats")
+    return value
 
-    Input and output prices are always present (zero for local runtimes and for embedding
-    output). A ``None`` optional price means the provider has no such price: cache reads and
-    cache writes are then billed at the input rate, reasoning tokens at the output rate.
+
+class PriceFields(BaseModel):
+    """A price's fields, the one home of them: the catalog's entries (`ModelPrice`) and the
+    stored versions (`PriceVersion`) both are these plus their identity.
+
+    Token rates are USD per million tokens; input and output are always present (zero for
+    local runtimes, embedding output and models priced by other units). A ``None`` optional
+    token rate means the provider has no such rate: cache reads and cache writes are billed
+    at the input rate, reasoning tokens at the output rate (the one fallback rule,
+    `usage.cost_of`). The seed's other price types (`UNIT_PRICE_FIELDS`) are exact USD per
+    unit; ``cost_per_image_by_size`` prices an image by ``"size"`` or ``"quality/size"``
+    (``"hd/1024x1792"``), ``cost_per_image`` any other image.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    provider: str = Field(min_length=1)
-    model: str = Field(min_length=1)
-    aliases: tuple[str, ...] = ()
     input_usd_per_mtok: Price
     output_usd_per_mtok: Price
     cache_read_usd_per_mtok: Price | None = None
     cache_write_usd_per_mtok: Price | None = None
     reasoning_usd_per_mtok: Price | None = None
+    input_cost_per_char: Price | None = None
+    cost_per_image: Price | None = None
+    cost_per_image_by_size: dict[str, Price] = Field(default_factory=dict)
+    cost_per_second: Price | None = None
+    fixed_cost_per_request: Price | None = None
     context_window_tokens: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
-    tier: Tier
+    tier: Tier = "remote_heavyweight"
     mode: Mode = "chat"
-    effective_date: date
-    source: str = Field(min_length=1)
 
-    @field_validator(*PRICE_FIELDS, mode="before")
+    @field_validator(*PRICE_FIELDS, *UNIT_PRICE_FIELDS, mode="before")
     @classmethod
     def _no_binary_floats(cls, value: Any) -> Any:
         """Refuse floats: 0.1 as a float is not 0.1, and prices must add up exactly."""
-        if isinstance(value, bool | float):
-            raise ValueError("prices must be decimal strings or Decimal, not floats")
+        return _refuse_floats(value)
+
+    @field_validator("cost_per_image_by_size", mode="before")
+    @classmethod
+    def _no_binary_float_images(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for price in value.values():
+                _refuse_floats(price)
         return value
+
+    def __hash__(self) -> int:  # frozen, with one mapping field
+        return hash(tuple(frozenset(v.items()) if isinstance(v, dict) else v
+                          for v in self.__dict__.values()))
+
+    @property
+    def price_type(self) -> PriceType:
+        """The seed's price type: what this model is mainly billed by."""
+        if self.cost_per_image is not None or self.cost_per_image_by_size:
+            return "image"
+        if self.input_cost_per_char is not None:
+            return "character"
+        if self.cost_per_second is not None:
+            return "time"
+        if self.fixed_cost_per_request is not None and not (
+                self.input_usd_per_mtok or self.output_usd_per_mtok):
+            return "fixed"
+        return "token"
+
+    def image_price(self, size: str, quality: str) -> Decimal | None:
+        """USD for one image of this size and quality: the ``quality/size`` price, else the
+        ``size`` price, else ``cost_per_image``; None when the model has no image price."""
+        by_size = self.cost_per_image_by_size
+        found = by_size.get(f"{quality}/{size}") or by_size.get(size)
+        return found if found is not None else self.cost_per_image
+
+    @property
+    def dearest_image(self) -> Decimal | None:
+        """The most one image can cost (the worst case of a request that names no size)."""
+        prices = [*self.cost_per_image_by_size.values(), *(
+            [self.cost_per_image] if self.cost_per_image is not None else [])]
+        return max(prices) if prices else None
+
+
+class ModelPrice(PriceFields):
+    """One model's list prices and limits, as the catalog ships them."""
+
+    provider: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    tier: Tier
+    effective_date: date
+    source: str = Field(min_length=1)
 
     @property
     def pricing_id(self) -> str:
@@ -478,7 +548,7 @@ def _snapshot_candidates(name: str) -> Iterator[str]:
 # versioned prices -----------------------------------------------------------------------
 PRICE_VERSION_KIND = "price_version"  # store documents: one immutable document per version
 PRICE_HEAD_KIND = "price_head"  # one per model, rewritten with config=True on every change
-VERSION_FIELDS = (*PRICE_FIELDS, "context_window_tokens", "max_output_tokens", "tier", "mode")
+VERSION_FIELDS = tuple(PriceFields.model_fields)
 _MTOK = Decimal(1_000_000)
 
 
@@ -487,7 +557,7 @@ class PriceWriteError(Exception):
     effective date is before the latest version's."""
 
 
-class PriceVersion(BaseModel):
+class PriceVersion(PriceFields):
     """One stored price of one model, in the seed's ``ProviderPricing`` shape with exact
     per-million-token prices.
 
@@ -502,29 +572,16 @@ class PriceVersion(BaseModel):
     seq: int = Field(ge=1)
     provider: str = Field(min_length=1)
     model: str = Field(min_length=1)
-    price_type: Literal["token"] = "token"
-    input_usd_per_mtok: Price
-    output_usd_per_mtok: Price
-    cache_read_usd_per_mtok: Price | None = None
-    cache_write_usd_per_mtok: Price | None = None
-    reasoning_usd_per_mtok: Price | None = None
-    context_window_tokens: int | None = Field(default=None, gt=0)
-    max_output_tokens: int | None = Field(default=None, gt=0)
-    tier: Tier = "remote_heavyweight"
-    mode: Mode = "chat"
+    stored_price_type: PriceType | None = Field(
+        None, validation_alias="price_type", exclude=True,
+        description="Documents written before every price type existed say `token`; the "
+                    "type is derived from the fields (`price_type`).")
     effective_date: datetime
     source: str = Field(min_length=1)
     verified: bool = True
     created_at: datetime
     previous_pricing_id: str | None = None
     note: str | None = None
-
-    @field_validator(*PRICE_FIELDS, mode="before")
-    @classmethod
-    def _no_binary_floats(cls, value: Any) -> Any:
-        if isinstance(value, bool | float):
-            raise ValueError("prices must be decimal strings or Decimal, not floats")
-        return value
 
     @field_validator("effective_date", "created_at")
     @classmethod
@@ -781,10 +838,8 @@ class PriceBook(PriceCatalog):
             verified, extra = True, {"previous_pricing_id": None, "note": None}
         return {
             "pricing_id": record.pricing_id, "provider": record.provider, "model": record.model,
-            "aliases": list(aliases), "price_type": "token",
+            "aliases": list(aliases), "price_type": record.price_type,
             **price_fields_view(record),
-            "input_cost_per_char": 0.0, "output_cost_per_char": 0.0, "cost_per_image": 0.0,
-            "cost_per_second": 0.0, "fixed_cost_per_request": 0.0,
             "context_window_tokens": record.context_window_tokens,
             "max_output_tokens": record.max_output_tokens, "tier": record.tier,
             "mode": record.mode, "effective_date": _effective(record).isoformat(),
@@ -820,6 +875,11 @@ def price_fields_view(price: Any) -> dict[str, Any]:
     reasoning = _first_price(price.reasoning_usd_per_mtok, output_rate)
     return {
         **{f: text(getattr(price, f)) for f in PRICE_FIELDS},
+        # the seed's other price types: USD floats (0.0: no such price), exact strings beside
+        **{f: float(getattr(price, f) or 0) for f in UNIT_PRICE_FIELDS},
+        "output_cost_per_char": 0.0,
+        "unit_prices": {f: text(getattr(price, f)) for f in UNIT_PRICE_FIELDS},
+        "cost_per_image_by_size": {k: str(v) for k, v in price.cost_per_image_by_size.items()},
         "input_cost_per_token": float(input_rate / _MTOK),
         "output_cost_per_token": float(output_rate / _MTOK),
         "cache_read_cost_per_token": float(read / _MTOK),
@@ -834,9 +894,14 @@ def price_changes(old: Any, new: Any) -> dict[str, dict[str, Any]]:
     for name in VERSION_FIELDS:
         before, after = getattr(old, name), getattr(new, name)
         if before != after:
-            changes[name] = {"old": None if before is None else str(before),
-                             "new": None if after is None else str(after)}
+            changes[name] = {"old": _change_text(before), "new": _change_text(after)}
     return changes
+
+
+def _change_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: str(v) for k, v in value.items()}
+    return None if value is None else str(value)
 
 
 # cost tools -----------------------------------------------------------------------------

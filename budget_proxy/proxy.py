@@ -464,12 +464,13 @@ class Proxy:
         `MAX_CALL_TOKENS`); with its intent: the `unsettled` usage record that charges the
         hold if this process dies before the settlement (same record id)."""
         max_out = plan.max_output_tokens
-        if max_out is None:
-            max_out = price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+        if max_out is None:  # a model priced by the unit has no token output unless listed
+            max_out = price.max_output_tokens or (
+                DEFAULT_MAX_OUTPUT_TOKENS if price.price_type == "token" else 0)
         max_out = min(max(max_out, 0) * plan.choices, MAX_CALL_TOKENS)
         input_tokens = min(max(input_tokens, 0), MAX_CALL_TOKENS)
         reservation_id = new_id("res")
-        cost_nusd = worst_case_nusd(input_tokens, max_out, price)
+        cost_nusd = worst_case_nusd(input_tokens, max_out, price, plan.units)
         who = call.who
         return Reservation(
             reservation_id=reservation_id,
@@ -722,7 +723,7 @@ class Proxy:
             input_cost=nusd_to_usd(cost.input_nusd), output_cost=nusd_to_usd(cost.output_nusd),
             total_cost=nusd_to_usd(cost.total_nusd), pricing_id=meta.price.pricing_id,
             status="ok" if tap.usage is not None or outcome == "ok" else "aborted",
-            streamed=meta.streamed, metadata={"flagged": list(usage.flags)} if usage.flags else {},
+            streamed=meta.streamed, metadata=_record_metadata(usage),
         )
         try:
             await self.store.settle(reservation, cost.total_nusd, usage.total_tokens, record)
@@ -785,6 +786,22 @@ def _without_hold(result: ReserveResult, reservation: Reservation) -> list[Total
     return [Totals(t.spent_nusd, max(0, t.reserved_nusd - reservation.cost_nusd),
                    t.spent_tokens, max(0, t.reserved_tokens - reservation.tokens))
             for t in result.totals]
+
+
+def _record_metadata(usage: Usage) -> dict[str, Any]:
+    """What a record says beside its tokens: why its figures were flagged, and the units of
+    the seed's other price types it was charged for."""
+    meta: dict[str, Any] = {"flagged": list(usage.flags)} if usage.flags else {}
+    if usage.characters:
+        meta["characters"] = usage.characters
+    if usage.images:
+        meta["images"] = usage.images
+        meta["image_size"] = usage.image_size
+        if usage.image_quality:
+            meta["image_quality"] = usage.image_quality
+    if usage.audio_ms:
+        meta["audio_seconds"] = usage.audio_ms / 1000
+    return meta
 
 
 def _one_line(exc: BaseException) -> str:

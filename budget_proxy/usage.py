@@ -28,6 +28,8 @@ from budget_proxy.models import MAX_CALL_TOKENS
 
 
 class PriceLike(Protocol):
+    """A price's fields (`budget_proxy.pricing.PriceFields`), read-only."""
+
     @property
     def input_usd_per_mtok(self) -> Decimal: ...
     @property
@@ -38,6 +40,15 @@ class PriceLike(Protocol):
     def cache_write_usd_per_mtok(self) -> Decimal | None: ...
     @property
     def reasoning_usd_per_mtok(self) -> Decimal | None: ...
+    @property
+    def input_cost_per_char(self) -> Decimal | None: ...
+    @property
+    def cost_per_second(self) -> Decimal | None: ...
+    @property
+    def fixed_cost_per_request(self) -> Decimal | None: ...
+    @property
+    def dearest_image(self) -> Decimal | None: ...
+    def image_price(self, size: str, quality: str) -> Decimal | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,14 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    # units of the seed's other price types: input characters (speech), images generated
+    # (of `image_size` and `image_quality`, "" when the request named none: the dearest),
+    # and milliseconds of audio (transcription)
+    characters: int = 0
+    images: int = 0
+    image_size: str = ""
+    image_quality: str = ""
+    audio_ms: int = 0
     # why figures were clamped or replaced (`USAGE_FLAGS`); a flagged record raises an alert
     flags: tuple[str, ...] = ()
     # False when a main count (input or output) was unusable: the call is settled from the
@@ -128,8 +147,13 @@ class _Reader:
         if main:
             self.trusted = False
 
-    def usage(self, **counts: int) -> Usage:
-        return Usage(**counts, flags=tuple(self.flags), trusted=self.trusted)
+    def usage(self, *, input_tokens: int = 0, cached_input_tokens: int = 0,
+              cache_write_tokens: int = 0, output_tokens: int = 0,
+              reasoning_tokens: int = 0) -> Usage:
+        return Usage(input_tokens=input_tokens, cached_input_tokens=cached_input_tokens,
+                     cache_write_tokens=cache_write_tokens, output_tokens=output_tokens,
+                     reasoning_tokens=reasoning_tokens, flags=tuple(self.flags),
+                     trusted=self.trusted)
 
 
 def from_openai(usage: Any, *, output_expected: bool = True) -> Usage:
@@ -222,9 +246,29 @@ def _round(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_HALF_UP))
 
 
+_NUSD_PER_USD = Decimal(1_000_000_000)
+_MS_PER_S = Decimal(1000)
+
+
+def _units_nusd(usage: Usage, price: PriceLike) -> tuple[Decimal, Decimal]:
+    """(input side, output side) of the prices by character, second, image and request; a
+    unit the model has no price for costs nothing (it is priced by tokens). An image of no
+    named size costs the dearest image price."""
+    input_side = _NUSD_PER_USD * (
+        usage.characters * (price.input_cost_per_char or 0)
+        + usage.audio_ms * (price.cost_per_second or 0) / _MS_PER_S
+        + (price.fixed_cost_per_request or 0))
+    per_image = (price.image_price(usage.image_size, usage.image_quality)
+                 if usage.image_size else price.dearest_image)
+    if per_image is None and usage.images:
+        per_image = price.dearest_image
+    return input_side, _NUSD_PER_USD * usage.images * (per_image or 0)
+
+
 def cost_of(usage: Usage, price: PriceLike) -> Cost:
     """Price each token class at its own rate; missing cache/reasoning rates fall back to the
-    input/output rate (how providers without those rates bill them)."""
+    input/output rate (how providers without those rates bill them). Characters, seconds of
+    audio, images and the fixed fee of a call are priced by the model's unit prices."""
     cache_read = price.cache_read_usd_per_mtok
     cache_write = price.cache_write_usd_per_mtok
     reasoning = price.reasoning_usd_per_mtok
@@ -239,13 +283,18 @@ def cost_of(usage: Usage, price: PriceLike) -> Cost:
     output_side = _nusd(plain_output, price.output_usd_per_mtok) + _nusd(
         usage.reasoning_tokens, price.output_usd_per_mtok if reasoning is None else reasoning
     )
-    return Cost(_round(input_side), _round(output_side))
+    units_in, units_out = _units_nusd(usage, price)
+    return Cost(_round(input_side + units_in), _round(output_side + units_out))
 
 
-def worst_case_nusd(input_tokens: int, max_output_tokens: int, price: PriceLike) -> int:
+def worst_case_nusd(input_tokens: int, max_output_tokens: int, price: PriceLike,
+                    units: Usage | None = None) -> int:
     """The most a request can cost: all input uncached at the input rate (cache writes can cost
     more than plain input, so the dearer of the two) plus the maximum output at the dearer of
-    the output and reasoning rates."""
+    the output and reasoning rates, plus its `units` (characters, images, seconds of audio:
+    the most it can use) at their prices and the fixed fee of a call."""
     in_rate = max(price.input_usd_per_mtok, price.cache_write_usd_per_mtok or Decimal(0))
     out_rate = max(price.output_usd_per_mtok, price.reasoning_usd_per_mtok or Decimal(0))
-    return _round(_nusd(input_tokens, in_rate) + _nusd(max_output_tokens, out_rate))
+    units_in, units_out = _units_nusd(units or Usage(), price)
+    return _round(_nusd(input_tokens, in_rate) + _nusd(max_output_tokens, out_rate)
+                  + units_in + units_out)

@@ -302,6 +302,7 @@ class UsageTap:
     model: str | None = None
     text_parts: list[str] = field(default_factory=list)
     answer: Any = None  # a non-streamed answer, read for its text only when needed
+    units: Usage = field(default_factory=Usage)  # characters, images, audio: unless read
 
     def observe_answer(self, raw: bytes) -> None:
         """A complete (non-streamed) answer, as bytes."""
@@ -363,5 +364,5 @@ class UsageTap:
             return replace(usage, output_tokens=max(output, reported or 0),
                            flags=merge_flags(usage.flags, flags), trusted=False)
         input_tokens, _ = clamp_count(input_estimate)
-        return Usage(input_tokens=input_tokens, output_tokens=output, flags=flags,
-                     trusted=False)
+        return replace(self.units, input_tokens=input_tokens, output_tokens=output, flags=flags,
+                       trusted=False)

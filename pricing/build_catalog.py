@@ -441,6 +441,7 @@ def to_entry(model: str, grp: Group) -> dict[str, Any]:
         "cache_read_usd_per_mtok": head.prices["cache_read"],
         "cache_write_usd_per_mtok": head.prices["cache_write"],
         "reasoning_usd_per_mtok": head.prices["reasoning"],
+        **NO_UNIT_PRICES,
         "context_window_tokens": head.context_window,
         "max_output_tokens": head.max_output,
         "tier": "remote_heavyweight",
@@ -461,6 +462,7 @@ def local_entries() -> list[dict[str, Any]]:
             "cache_read_usd_per_mtok": None,
             "cache_write_usd_per_mtok": None,
             "reasoning_usd_per_mtok": None,
+            **NO_UNIT_PRICES,
             "context_window_tokens": None,
             "max_output_tokens": None,
             "tier": tier,
@@ -470,6 +472,51 @@ def local_entries() -> list[dict[str, Any]]:
         }
         for provider in LOCAL_PROVIDERS
         for model, tier in LOCAL_WILDCARDS
+    ]
+
+
+NO_UNIT_PRICES: dict[str, Any] = {
+    "input_cost_per_char": None,
+    "cost_per_image": None,
+    "cost_per_image_by_size": {},
+    "cost_per_second": None,
+    "fixed_cost_per_request": None,
+}
+MEDIA_SOURCE = f"{MANUAL_SOURCE}:openai-pricing-page"
+
+
+def media_entry(model: str, mode: str, *, input_rate: str = "0", output_rate: str = "0",
+                max_output: int | None = None, **units: Any) -> dict[str, Any]:
+    return {
+        "provider": "openai", "model": model, "aliases": [],
+        "input_usd_per_mtok": input_rate, "output_usd_per_mtok": output_rate,
+        "cache_read_usd_per_mtok": None, "cache_write_usd_per_mtok": None,
+        "reasoning_usd_per_mtok": None, **NO_UNIT_PRICES, **units,
+        "context_window_tokens": None, "max_output_tokens": max_output,
+        "tier": "remote_heavyweight", "mode": mode, "effective_date": AS_OF,
+        "source": MEDIA_SOURCE,
+    }
+
+
+def media_entries() -> list[dict[str, Any]]:
+    """OpenAI's image and audio models, priced by the unit (the LiteLLM table's per-pixel and
+    per-character figures are not the list prices): images by quality and size, speech per
+    input character, transcription per second of audio. gpt-image-1 is priced by tokens: text
+    input, image output (at most 6240 tokens for one high-quality 1536x1024 image)."""
+    return [
+        media_entry("dall-e-2", "image_generation", cost_per_image="0.020",
+                    cost_per_image_by_size={"256x256": "0.016", "512x512": "0.018",
+                                            "1024x1024": "0.020"}),
+        media_entry("dall-e-3", "image_generation", cost_per_image="0.040",
+                    cost_per_image_by_size={
+                        "standard/1024x1024": "0.040", "standard/1024x1792": "0.080",
+                        "standard/1792x1024": "0.080", "hd/1024x1024": "0.080",
+                        "hd/1024x1792": "0.120", "hd/1792x1024": "0.120"}),
+        media_entry("gpt-image-1", "image_generation", input_rate="5.00", output_rate="40.00",
+                    max_output=6240),
+        media_entry("tts-1", "audio_speech", input_cost_per_char="0.000015"),
+        media_entry("tts-1-hd", "audio_speech", input_cost_per_char="0.000030"),
+        media_entry("whisper-1", "audio_transcription", cost_per_second="0.0001"),
     ]
 
 
@@ -487,7 +534,8 @@ def build(current: dict[str, Any], fallback: dict[str, Any]) -> list[dict[str, A
             raws.append(raw)
     entries = [to_entry(model, grp) for model, grp in group(raws)]
     _check_unique(entries)
-    entries += local_entries()
+    entries += local_entries() + media_entries()
+    _check_unique(entries)
     return sorted(entries, key=lambda e: (e["provider"], e["model"]))
 
 

@@ -8,13 +8,14 @@ from the answer. Adding a family is one module here plus its tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import orjson
 
 from budget_proxy import tokens
 from budget_proxy.config import ProviderConfig
+from budget_proxy.usage import Usage
 from budget_proxy.wire import SSEParser, StreamParser, UsageTap, loads_answer
 
 
@@ -40,6 +41,10 @@ class Plan:
     choices: int = 1  # answers generated (`n`): the output cap counts once per choice
     strip_usage: bool = False  # the proxy asked for a usage chunk the client did not want
     rewritten: bool = False  # `body` differs from the bytes the client sent
+    # units priced by the seed's other price types (characters, images, audio): the most
+    # the request can use (reserved), and what it is settled at when the answer says nothing
+    units: Usage = field(default_factory=Usage)
+    expected_units: Usage | None = None  # None: as `units`
 
     def upstream_body(self, raw: bytes) -> bytes:
         return orjson.dumps(self.body) if self.rewritten else raw

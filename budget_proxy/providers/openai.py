@@ -1,18 +1,25 @@
-"""OpenAI's API: chat completions, responses, completions, embeddings, and the OpenAI-shaped
-APIs other hosts serve (`api = "openai"` with another base URL).
+"""OpenAI's API: chat completions, responses, completions, embeddings, images and audio, and
+the OpenAI-shaped APIs other hosts serve (`api = "openai"` with another base URL).
 
 Streams are SSE. For chat and completions streams the proxy asks for usage
 (`stream_options.include_usage`) when the client did not, and hides that extra chunk.
+Images are priced per image by model, size and quality (or by tokens, gpt-image-1), speech
+per input character, transcriptions and translations per second of audio: the worst case
+(every image asked for; the upload's duration, or an upper bound of it) is reserved, the
+call settled from what the answer reports (images returned, `duration`, `usage`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from math import ceil
 from typing import Any, ClassVar
 
 import orjson
 
+from budget_proxy import tokens
 from budget_proxy.config import ProviderConfig
+from budget_proxy.providers import media
 from budget_proxy.providers.base import (
     Adapter,
     Plan,
@@ -21,7 +28,7 @@ from budget_proxy.providers.base import (
     json_body,
     whole,
 )
-from budget_proxy.usage import from_openai
+from budget_proxy.usage import Usage, from_openai
 from budget_proxy.wire import UsageTap, as_dict, as_list
 
 # path (relative to the API root) -> metered endpoint kind
@@ -30,7 +37,23 @@ ENDPOINTS = {
     "responses": "responses",
     "completions": "completions",
     "embeddings": "embeddings",
+    "images/generations": "images.generations",
+    "images/edits": "images.edits",
+    "images/variations": "images.variations",
+    "audio/speech": "audio.speech",
+    "audio/transcriptions": "audio.transcriptions",
+    "audio/translations": "audio.translations",
 }
+IMAGE_ENDPOINTS = frozenset({"images.generations", "images.edits", "images.variations"})
+AUDIO_IN_ENDPOINTS = frozenset({"audio.transcriptions", "audio.translations"})
+# multipart uploads: their fields are read from the form, not JSON
+FORM_ENDPOINTS = frozenset({"images.edits", "images.variations", *AUDIO_IN_ENDPOINTS})
+# the model OpenAI uses when an image request names none
+DEFAULT_IMAGE_MODEL = "dall-e-2"
+DEFAULT_IMAGE_SIZE = "1024x1024"
+MEDIA_ENDPOINTS = frozenset({*IMAGE_ENDPOINTS, "audio.speech", *AUDIO_IN_ENDPOINTS})
+MAX_AUDIO_S = 24 * 3600  # a reported duration beyond a day is not read
+
 # the request fields that cap the output, per endpoint (first present wins)
 OUTPUT_CAPS: dict[str, tuple[str, ...]] = {
     "chat.completions": ("max_completion_tokens", "max_tokens"),
@@ -38,7 +61,7 @@ OUTPUT_CAPS: dict[str, tuple[str, ...]] = {
     "responses": ("max_output_tokens",),
 }
 # endpoints whose `n` asks for several answers
-CHOICE_ENDPOINTS = frozenset({"chat.completions", "completions"})
+CHOICE_ENDPOINTS = frozenset({"chat.completions", "completions", *IMAGE_ENDPOINTS})
 # streams the proxy asks usage of (`stream_options.include_usage`)
 USAGE_OPTION_ENDPOINTS = frozenset({"chat.completions", "completions"})
 
@@ -51,9 +74,12 @@ _ERROR_TYPES = {
 @dataclass(slots=True)
 class OpenAITap(UsageTap):
     """Usage of chat, completions and embeddings answers (`usage`), their stream chunks,
-    and Responses API answers and events."""
+    Responses API answers and events, and image and audio answers (their units)."""
 
     def observe_json(self, body: dict[str, Any]) -> None:
+        if self.endpoint in IMAGE_ENDPOINTS or self.endpoint in AUDIO_IN_ENDPOINTS:
+            self._media(body)
+            return
         usage = body.get("usage")
         if usage is not None:
             self.usage = from_openai(usage, output_expected=self.endpoint != "embeddings")
@@ -61,7 +87,36 @@ class OpenAITap(UsageTap):
         if isinstance(model, str):
             self.model = model
 
+    def _media(self, body: dict[str, Any]) -> None:
+        """Images: as many as `data` holds, tokens from `usage` (gpt-image-1). Audio: the
+        `duration` it reports (seconds), or its token `usage`; else the upload's duration."""
+        usage = body.get("usage")
+        tokens = (from_openai(usage, output_expected=False)
+                  if isinstance(usage, dict) and usage.get("type") != "duration" else Usage())
+        if self.endpoint in IMAGE_ENDPOINTS:
+            images = body.get("data")
+            count = len(images) if isinstance(images, list) else self.units.images
+            self.usage = replace(tokens, images=min(count, self.units.images or count),
+                                 image_size=self.units.image_size,
+                                 image_quality=self.units.image_quality)
+            return
+        seconds = as_dict(usage).get("seconds") if as_dict(usage).get("type") == "duration" \
+            else body.get("duration")
+        if isinstance(usage, dict) and usage.get("type") == "tokens":
+            self.usage = tokens
+        elif (isinstance(seconds, int | float) and not isinstance(seconds, bool)
+              and 0 <= seconds <= MAX_AUDIO_S):
+            self.usage = replace(tokens, audio_ms=ceil(seconds * 1000))
+        else:
+            self.usage = replace(tokens, audio_ms=self.units.audio_ms)
+
     def observe_payload(self, name: str | None, payload: dict[str, Any]) -> bool:
+        if self.endpoint in IMAGE_ENDPOINTS:  # a streamed image: its last event has usage
+            if isinstance(payload.get("usage"), dict):
+                self.usage = replace(from_openai(payload["usage"], output_expected=False),
+                                     images=1, image_size=self.units.image_size,
+                                     image_quality=self.units.image_quality)
+            return True
         if self.endpoint == "responses":
             kind = name or payload.get("type")
             self._responses(kind if isinstance(kind, str) else None, payload)
@@ -115,6 +170,40 @@ def requested_max_output(endpoint: str, body: dict[str, Any]) -> int | None:
     return None
 
 
+def plan_media(endpoint: str, raw: bytes, model: str | None) -> Plan:
+    """Images and audio: the units the request can use. `model`: as the path names it (an
+    Azure deployment), else read from the body (OpenAI's image default when absent)."""
+    if endpoint in FORM_ENDPOINTS:
+        fields = media.form_fields(raw)
+        body: dict[str, Any] = {k: text_field for k in ("model", "n", "size", "quality",
+                                                         "response_format")
+                                if (text_field := media.text_field(fields, k)) is not None}
+        if "n" in body:
+            body["n"] = int(body["n"]) if body["n"].isdigit() and len(body["n"]) < 10 else None
+    else:
+        body = json_body(raw)
+    if model is None:
+        model = body_model(body) if not (endpoint in IMAGE_ENDPOINTS and "model" not in body) \
+            else DEFAULT_IMAGE_MODEL
+    if endpoint in IMAGE_ENDPOINTS:
+        n = choices_of(body.get("n"))
+        size, quality = body.get("size"), body.get("quality")
+        units = Usage(images=n, image_size=size if isinstance(size, str) and len(size) < 32
+                      else DEFAULT_IMAGE_SIZE,
+                      image_quality=quality if isinstance(quality, str) and len(quality) < 32
+                      else "")
+        return Plan(endpoint=endpoint, model=model, body=body,
+                    streaming=body.get("stream") is True, choices=n, units=units)
+    if endpoint == "audio.speech":
+        text = body.get("input")
+        chars = len(text) if isinstance(text, str) else 0
+        return Plan(endpoint=endpoint, model=model, body=body, streaming=False,
+                    max_output_tokens=0, units=Usage(characters=chars))
+    hold_ms, expected_ms = media.audio_ms(media.form_fields(raw).get("file", b""))
+    return Plan(endpoint=endpoint, model=model, body={"model": model}, streaming=False,
+                units=Usage(audio_ms=hold_ms), expected_units=Usage(audio_ms=expected_ms))
+
+
 def plan_openai(endpoint: str, body: dict[str, Any], model: str) -> Plan:
     """The plan of an OpenAI-shaped JSON request whose model is known."""
     streaming = body.get("stream") is True
@@ -162,11 +251,32 @@ class OpenAI(Adapter):
 
     def plan(self, endpoint: str, path: str, query: str, raw: bytes,
              provider: ProviderConfig) -> Plan:
+        if endpoint in MEDIA_ENDPOINTS:
+            return plan_media(endpoint, raw, None)
         body = json_body(raw)
         return plan_openai(endpoint, body, body_model(body))
+
+    def with_model(self, plan: Plan, model: str) -> Plan | None:
+        if plan.endpoint in FORM_ENDPOINTS:
+            return None  # a multipart body is forwarded as sent
+        return Adapter.with_model(self, plan, model)
+
+    async def count_input(self, plan: Plan, raw_len: int) -> int:
+        if plan.endpoint in FORM_ENDPOINTS:
+            return 0  # priced by image or by second; an uploaded image is not text
+        if plan.endpoint in MEDIA_ENDPOINTS:
+            prompt = plan.body.get("prompt") if plan.endpoint != "audio.speech" else \
+                plan.body.get("input")
+            return await tokens.count_request_input_async(
+                "completions", {"model": plan.model, "prompt": prompt}, raw_len)
+        return await Adapter.count_input(self, plan, raw_len)
 
     def error_body(self, status: int, message: str, *, code: str | None = None) -> bytes:
         return openai_error(status, message, code)
 
     def tap(self, plan: Plan) -> UsageTap:
-        return OpenAITap(plan.endpoint, strip_usage_chunk=plan.strip_usage)
+        tap = OpenAITap(plan.endpoint, strip_usage_chunk=plan.strip_usage,
+                        units=plan.expected_units or plan.units)
+        if plan.endpoint == "audio.speech":  # the answer is audio: its characters were sent
+            tap.usage = plan.units
+        return tap

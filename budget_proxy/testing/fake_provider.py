@@ -132,6 +132,7 @@ _KNOBS = (
     "raw_next",
     "tool_calls",
     "tool_call_replies",
+    "audio_duration_s",
 )
 
 
@@ -263,6 +264,8 @@ class FakeProvider:
     record_requests: bool = True
     raw_next: list[RawAnswer] = field(default_factory=list)
     """Answers sent as given to the next requests, one each, before any other knob."""
+    audio_duration_s: float | None = None
+    """The ``duration`` a transcription reports; None: read from an uploaded WAV file."""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     """`{"name", "arguments"}` calls a non-streamed chat completion answers with (OpenAI
     `tool_calls`, finish_reason `tool_calls`) while `tool_call_replies` is not 0."""
@@ -577,7 +580,9 @@ class _Handler:
         rid = f"req_fake_{next(fake._ids):010d}"
         raw = await request.read() if request.can_read_body else b""
         body: Any = None
-        if raw:
+        if raw and request.content_type == "multipart/form-data":
+            body = _form_body(raw)
+        elif raw:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -1180,6 +1185,51 @@ class _Handler:
             request, "anthropic", rec, plan, opening, deltas, closing, True
         )
 
+    # images and audio -------------------------------------------------------------------
+
+    async def images(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        """``n`` images (as URLs); gpt-image models also report token usage (``prompt``
+        input tokens, ``completion`` image tokens)."""
+        n = rec.body.get("n")
+        n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 10 else 1
+        answer: dict[str, Any] = {"created": int(time.time()), "data": [
+            {"url": f"https://fake.invalid/{rid}/{i}.png"} for i in range(n)]}
+        if plan.model.startswith("gpt-image"):
+            answer["usage"] = {
+                "input_tokens": plan.prompt, "output_tokens": plan.completion,
+                "total_tokens": plan.prompt + plan.completion,
+                "input_tokens_details": {"text_tokens": plan.prompt, "image_tokens": 0}}
+            self._note_usage(rec, plan)
+        rec.completed = True
+        return self._json("openai", rid, answer)
+
+    async def speech(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        rec.completed = True
+        headers = self._id_headers("openai", rid)
+        return web.Response(body=b"ID3fake-mp3-audio", headers=headers, content_type="audio/mpeg")
+
+    async def transcription(
+        self, request: web.Request, rid: str, rec: ReceivedRequest, plan: _Plan
+    ) -> web.StreamResponse:
+        """The text, in the asked ``response_format``; ``verbose_json`` reports ``duration``
+        (the knob, else the uploaded WAV file's length)."""
+        text = "".join(plan.chunks)
+        duration = self.fake.audio_duration_s
+        if duration is None:
+            duration = rec.body.get("file_seconds") or 0.0
+        rec.completed = True
+        fmt = rec.body.get("response_format") or "json"
+        if fmt == "verbose_json":
+            return self._json("openai", rid, {"task": "transcribe", "language": "english",
+                                              "duration": duration, "text": text})
+        if fmt in ("text", "srt", "vtt"):
+            return web.Response(text=text, headers=self._id_headers("openai", rid))
+        return self._json("openai", rid, {"text": text})
+
     # Gemini -----------------------------------------------------------------------------
 
     def _gemini_usage(self, plan: _Plan, candidates: int) -> dict[str, Any]:
@@ -1315,6 +1365,30 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
 
 
+def _form_body(raw: bytes) -> dict[str, Any]:
+    """A multipart form as a body: its text fields, and ``file_size`` and ``file_seconds``
+    (the length of a WAV upload, else None) for an uploaded file (``file`` or ``image``)."""
+    from budget_proxy.providers.media import form_fields
+
+    body: dict[str, Any] = {}
+    for name, value in form_fields(raw).items():
+        if name in ("file", "image", "image[]", "mask"):
+            body.setdefault("file_size", len(value))
+            body.setdefault("file_seconds", _wav_seconds(value))
+        else:
+            body[name] = value.decode("utf-8", "replace")
+    if isinstance(body.get("n"), str) and body["n"].isdigit():
+        body["n"] = int(body["n"])
+    return body
+
+
+def _wav_seconds(data: bytes) -> float | None:
+    from budget_proxy.providers.media import wav_ms
+
+    found = wav_ms(data)
+    return None if found is None else found / 1000
+
+
 def _route_path(path: str, body: Any) -> tuple[str, Any]:
     """The route a path is served by, and the body as that route reads it: an Azure
     deployment's path is OpenAI's (the deployment is the model), a Gemini model's method is
@@ -1335,7 +1409,7 @@ def _route_path(path: str, body: Any) -> tuple[str, Any]:
 
 
 def _validate(path: str, body: dict[str, Any]) -> str | None:
-    if not body.get("model"):
+    if not body.get("model") and not path.startswith("/v1/images/"):
         return "you must provide a model parameter"
     if path == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
         return "'messages' is a required property"
@@ -1357,6 +1431,12 @@ _ROUTES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/messages"): _Handler.messages,
     ("POST", "/v1/messages/count_tokens"): _Handler.count_tokens,
     ("GET", "/v1/models"): _Handler.models,
+    ("POST", "/v1/images/generations"): _Handler.images,
+    ("POST", "/v1/images/edits"): _Handler.images,
+    ("POST", "/v1/images/variations"): _Handler.images,
+    ("POST", "/v1/audio/speech"): _Handler.speech,
+    ("POST", "/v1/audio/transcriptions"): _Handler.transcription,
+    ("POST", "/v1/audio/translations"): _Handler.transcription,
     ("POST", "/v1beta/models/*:generateContent"): _Handler.gemini_generate,
     ("POST", "/v1beta/models/*:streamGenerateContent"): _Handler.gemini_stream,
     ("POST", "/v1beta/models/*:countTokens"): _Handler.gemini_count_tokens,

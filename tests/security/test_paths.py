@@ -145,7 +145,7 @@ async def test_free_routes_are_forwarded_to_the_canonical_path(corp_proxy, fake)
         ("GET", "/v1/realtime?model=gpt-4o-realtime-preview",
          {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}, "openai"),
-        ("POST", "/v1/images/generations", {}, "openai"),
+        ("POST", "/v1/vector_stores", {}, "openai"),
         ("POST", "/v1/fine_tuning/jobs", {}, "openai"),
         ("PUT", "/v1/chat/completions", {}, "openai"),
         ("PATCH", "/v1/files/file-1", {}, "openai"),

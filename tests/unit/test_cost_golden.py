@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from budget_proxy.pricing import PriceCatalog
+from budget_proxy.pricing import PriceCatalog, PriceFields
 from budget_proxy.providers import tap_for
-from budget_proxy.usage import Usage, cost_of
+from budget_proxy.usage import Usage, cost_of, worst_case_nusd
 from budget_proxy.wire import SSEParser
 
 
@@ -361,3 +361,69 @@ def test_cache_rates_are_cheaper_and_writes_dearer_than_plain_input():
     assert hit.expected_nusd(hit.rates) < miss.expected_nusd(miss.rates)
     r = SONNET_4_5
     assert r.cache_read < r.input < r.cache_write
+
+
+# the seed's other price types: hand-computed in nano-USD -------------------------------------
+@pytest.mark.parametrize(
+    ("model", "usage", "expected_nusd"),
+    [
+        # image: dall-e-3 hd 1792x1024 at $0.120 each, x3
+        ("dall-e-3", Usage(images=3, image_size="1792x1024", image_quality="hd"),
+         3 * 120_000_000),
+        # image: a quality the table has no price for is the model's default price ($0.040)
+        ("dall-e-3", Usage(images=1, image_size="1024x1024", image_quality="ultra"),
+         40_000_000),
+        # image: dall-e-2 by size only, $0.016 for 256x256
+        ("dall-e-2", Usage(images=2, image_size="256x256"), 2 * 16_000_000),
+        # image: no size named: the dearest ($0.120 for dall-e-3)
+        ("dall-e-3", Usage(images=1), 120_000_000),
+        # image by tokens: gpt-image-1, 20 text tokens at $5/M, 4160 image tokens at $40/M
+        ("gpt-image-1", Usage(input_tokens=20, output_tokens=4160, images=1),
+         20 * 5_000 + 4160 * 40_000),
+        # character: tts-1 at $15 per million characters, 1234 characters
+        ("tts-1", Usage(characters=1234), 1234 * 15_000),
+        ("tts-1-hd", Usage(characters=1), 30_000),
+        # time: whisper-1 at $0.006 a minute, 61.5 s
+        ("whisper-1", Usage(audio_ms=61_500), 6_150_000),
+        ("whisper-1", Usage(audio_ms=1), 100),
+    ],
+)
+def test_unit_price_types(catalog: PriceCatalog, model: str, usage: Usage, expected_nusd: int):
+    price = catalog.lookup("openai", model)
+    assert price is not None
+    assert cost_of(usage, price).total_nusd == expected_nusd
+
+
+@pytest.mark.parametrize(
+    ("fields", "usage", "expected_nusd", "price_type"),
+    [
+        # fixed: $0.01 a call on top of tokens ($1/M in, $2/M out)
+        ({"input_usd_per_mtok": "1", "output_usd_per_mtok": "2",
+          "fixed_cost_per_request": "0.01"}, Usage(input_tokens=1000, output_tokens=500),
+         1000 * 1000 + 500 * 2000 + 10_000_000, "token"),
+        ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
+          "fixed_cost_per_request": "0.005"}, Usage(), 5_000_000, "fixed"),
+        ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
+          "cost_per_second": "0.0002"}, Usage(audio_ms=1500), 300_000, "time"),
+        ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
+          "input_cost_per_char": "0.00001"}, Usage(characters=7), 70_000, "character"),
+        ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0", "cost_per_image": "0.05",
+          "cost_per_image_by_size": {"512x512": "0.02"}}, Usage(images=2, image_size="512x512"),
+         40_000_000, "image"),
+    ],
+)
+def test_price_types_of_a_price(fields, usage, expected_nusd, price_type):
+    price = PriceFields(**fields)
+    assert price.price_type == price_type
+    assert cost_of(usage, price).total_nusd == expected_nusd
+
+
+def test_the_worst_case_holds_every_unit_asked_for(catalog: PriceCatalog):
+    dall_e_3 = catalog.lookup("openai", "dall-e-3")
+    assert dall_e_3 is not None
+    units = Usage(images=2, image_size="1024x1024", image_quality="standard")
+    assert worst_case_nusd(0, 0, dall_e_3, units) == 2 * 40_000_000
+    assert worst_case_nusd(0, 0, dall_e_3, Usage(images=2)) == 2 * 120_000_000  # any size
+    whisper = catalog.lookup("openai", "whisper-1")
+    assert whisper is not None
+    assert worst_case_nusd(0, 0, whisper, Usage(audio_ms=10_000)) == 1_000_000

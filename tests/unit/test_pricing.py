@@ -248,15 +248,18 @@ def test_every_entry_is_well_formed(catalog: PriceCatalog):
         assert entry.tier in VALID_TIERS
         assert entry.source.strip()
         assert entry.output_usd_per_mtok >= 0
-        for name in pricing.PRICE_FIELDS:
+        for name in (*pricing.PRICE_FIELDS, *pricing.UNIT_PRICE_FIELDS):
             value = getattr(entry, name)
             assert value is None or (value.is_finite() and value >= 0), (entry.model, name)
+        assert all(v.is_finite() and v > 0 for v in entry.cost_per_image_by_size.values())
         if entry.provider in pricing.LOCAL_PROVIDERS:
             assert entry.tier != "remote_heavyweight"
             assert entry.input_usd_per_mtok == entry.output_usd_per_mtok == 0
         else:
             assert entry.tier == "remote_heavyweight"
-            assert entry.input_usd_per_mtok + entry.output_usd_per_mtok > 0, entry.model
+            priced_by_unit = entry.price_type != "token"
+            assert entry.input_usd_per_mtok + entry.output_usd_per_mtok > 0 or priced_by_unit, (
+                entry.model)
         assert entry.effective_date <= date(2026, 12, 31)
 
 

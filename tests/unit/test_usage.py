@@ -1,6 +1,5 @@
 """Golden tests: expected costs are computed by hand here, from list prices typed in."""
 
-from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
@@ -8,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from budget_proxy.models import MAX_CALL_TOKENS
+from budget_proxy.pricing import PriceFields
 from budget_proxy.usage import (
     USAGE_FLAGS,
     Usage,
@@ -21,13 +21,12 @@ from budget_proxy.usage import (
 )
 
 
-@dataclass
-class Price:
-    input_usd_per_mtok: Decimal
-    output_usd_per_mtok: Decimal
-    cache_read_usd_per_mtok: Decimal | None = None
-    cache_write_usd_per_mtok: Decimal | None = None
-    reasoning_usd_per_mtok: Decimal | None = None
+def Price(
+          input_rate: Decimal, output_rate: Decimal, cache_read: Decimal | None = None,
+          cache_write: Decimal | None = None, reasoning: Decimal | None = None) -> PriceFields:
+    return PriceFields(input_usd_per_mtok=input_rate, output_usd_per_mtok=output_rate,
+                       cache_read_usd_per_mtok=cache_read, cache_write_usd_per_mtok=cache_write,
+                       reasoning_usd_per_mtok=reasoning)
 
 
 GPT_4O = Price(Decimal("2.50"), Decimal("10.00"), Decimal("1.25"))
