@@ -641,6 +641,9 @@ _register_pricing(main)
 from budget_proxy.mcp.stdio import mcp_command as _mcp_command  # noqa: E402
 
 main.add_command(_mcp_command)  # `budget mcp`: the budget tools over MCP stdio
+from budget_proxy.ledger.cli import ledger_group as _ledger_group  # noqa: E402
+
+main.add_command(_ledger_group)  # `budget ledger rebuild`: counters from the ledger
 
 
 if __name__ == "__main__":  # pragma: no cover

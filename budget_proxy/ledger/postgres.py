@@ -194,9 +194,10 @@ class PostgresLedger:
     async def spend_since(self, since: datetime) -> list[SpendRow]:
         """Spend per minute and scope since `since`: what rebuilds counters."""
         sql = ("SELECT date_trunc('minute', ts), provider, model, component, task_type, "
-               "session_id, task_id, sum(total_nusd), sum(total_tokens), count(*) "
+               "session_id, task_id, LEAST(sum(total_nusd), $2)::bigint, "
+               "LEAST(sum(total_tokens), $2)::bigint, count(*) "
                "FROM usage_records WHERE ts >= $1 GROUP BY 1, 2, 3, 4, 5, 6, 7")
-        rows = await self._run(lambda c: c.fetch(sql, since))
+        rows = await self._run(lambda c: c.fetch(sql, since, MAX_INT64))
         return [SpendRow(*r) for r in rows]
 
     async def count(self) -> int:
