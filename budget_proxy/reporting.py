@@ -11,9 +11,10 @@ import csv
 import io
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from budget_proxy.ledger.base import HourlyRow, UsageLedger
 from budget_proxy.models import NUSD_PER_USD, Period, UsageRecord, nusd_to_usd
 from budget_proxy.periods import window_for
 from budget_proxy.schemas import CalendarPeriod, GroupField, UsageGroup, UsageTotals, UsageWindow
@@ -85,6 +86,15 @@ class Tally:
     input_nusd: int = 0
     output_nusd: int = 0
 
+    def add_row(self, row: HourlyRow) -> None:
+        """Add an hourly rollup row of the ledger (same units, already summed)."""
+        self.requests += row.requests
+        self.input_tokens += row.input_tokens
+        self.output_tokens += row.output_tokens
+        self.total_tokens += row.total_tokens
+        self.input_nusd += row.input_nusd
+        self.output_nusd += row.output_nusd
+
     def add(self, rec: UsageRecord) -> None:
         self.requests += 1
         self.input_tokens += rec.input_tokens + rec.cached_input_tokens + rec.cache_write_tokens
@@ -125,6 +135,13 @@ class Aggregate:
             key = tuple(getattr(rec, f) for f in self.group_by)
             self.groups.setdefault(key, Tally()).add(rec)
 
+    def add_row(self, row: HourlyRow) -> None:
+        self.all.add_row(row)
+        self.windows.setdefault(window_start(self.period, row.hour, self.tz), Tally()).add_row(row)
+        if self.group_by:
+            key = tuple(getattr(row, f) for f in self.group_by)
+            self.groups.setdefault(key, Tally()).add_row(row)
+
     def window_rows(self) -> list[UsageWindow]:
         return [UsageWindow(window=window_label(self.period, start), start=start,
                             **tally.totals().model_dump())
@@ -149,6 +166,34 @@ def aggregate(
     """One aggregate per grouping, in one pass over the records."""
     aggs = [Aggregate(period, tz, tuple(g)) for g in groupings] or [Aggregate(period, tz)]
     for rec in records:
+        for agg in aggs:
+            agg.add(rec)
+    return aggs
+
+
+ROLLUP_FIELDS = frozenset({"provider", "model", "component"})  # what hourly rollups keep
+
+
+async def aggregate_usage(
+    store: Store, period: CalendarPeriod, tz: ZoneInfo, since: datetime, until: datetime,
+    *groupings: Sequence[GroupField], provider: str | None = None,
+    component: str | None = None, model: str | None = None,
+) -> list[Aggregate]:
+    """`aggregate` of the usage in [since, until): from the ledger's hourly rollups when the
+    store has a ledger, `since` falls on an hour and the groupings are rollup fields (a
+    report over millions of records reads thousands of rows); else from the records."""
+    aggs = [Aggregate(period, tz, tuple(g)) for g in groupings] or [Aggregate(period, tz)]
+    on_the_hour = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0) == since
+    if (isinstance(store, UsageLedger) and on_the_hour
+            and all(set(g) <= ROLLUP_FIELDS for g in groupings)):
+        rows = await store.hourly(since, until, provider, component, model)
+        if rows is not None:
+            for row in rows:
+                for agg in aggs:
+                    agg.add_row(row)
+            return aggs
+    async for rec in iter_usage(store, since=since, until=None, provider=provider,
+                                component=component, model=model):
         for agg in aggs:
             agg.add(rec)
     return aggs

@@ -13,7 +13,13 @@ from budget_proxy.api.openapi import api_route
 from budget_proxy.api.policies import policy_status_rows
 from budget_proxy.appkeys import ALLOCATIONS, SETTINGS, STORE
 from budget_proxy.models import Alert, utcnow
-from budget_proxy.reporting import RECORD_COLUMNS, aggregate, collect_usage, time_range, to_csv
+from budget_proxy.reporting import (
+    RECORD_COLUMNS,
+    aggregate_usage,
+    collect_usage,
+    time_range,
+    to_csv,
+)
 from budget_proxy.schemas import AllocationTotals, ExportQuery, Report, ReportQuery
 
 REPORT_CSV_COLUMNS = ("section", "window", "provider", "model", "component", "requests",
@@ -37,10 +43,9 @@ async def report(request: web.Request) -> web.Response:
     store = app[STORE]
     tz = ZoneInfo(app[SETTINGS].timezone)
     since, until = time_range(q.period, q.days, store.now(), tz)
-    records = await collect_usage(store, since=since, provider=q.provider,
-                                  component=q.component, model=q.model)
-    by_provider, by_model, by_component = aggregate(
-        records, q.period, tz, ("provider",), ("provider", "model"), ("component",))
+    by_provider, by_model, by_component = await aggregate_usage(
+        store, q.period, tz, since, until, ("provider",), ("provider", "model"),
+        ("component",), provider=q.provider, component=q.component, model=q.model)
     allocs = await app[ALLOCATIONS].find(active=True)
     alerts = [Alert.model_validate_json(b) for b in await store.list_docs(ALERT_KIND)]
     data = Report(

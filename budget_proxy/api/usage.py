@@ -29,7 +29,7 @@ from budget_proxy.enforcement import (
 )
 from budget_proxy.models import PolicyType, UsageRecord, nusd_to_usd, usd_to_nusd
 from budget_proxy.pricing import ModelPrice
-from budget_proxy.reporting import aggregate, collect_usage, time_range
+from budget_proxy.reporting import aggregate_usage, time_range
 from budget_proxy.schemas import (
     CheckedLine,
     RecordedUsage,
@@ -87,9 +87,8 @@ async def summarize(app: web.Application | ChainMapProxy, q: UsageSummaryQuery) 
     store = app[STORE]
     tz = ZoneInfo(app[SETTINGS].timezone)
     since, until = time_range(q.period, q.days, store.now(), tz)
-    records = await collect_usage(store, since=since, provider=q.provider,
-                                  component=q.component, model=q.model)
-    (agg,) = aggregate(records, q.period, tz, q.group_by)
+    (agg,) = await aggregate_usage(store, q.period, tz, since, until, q.group_by,
+                                   provider=q.provider, component=q.component, model=q.model)
     return UsageSummary(
         period=q.period, since=since, until=until, provider=q.provider, component=q.component,
         model=q.model, group_by=q.group_by, totals=agg.all.totals(),

@@ -231,3 +231,36 @@ async def test_flushall_loses_the_groups_and_the_hand_off_recreates_them(
         assert await store.ledger.count() == 2
     finally:
         await store.close()
+
+
+async def test_reports_from_rollups_equal_reports_from_records(
+        redis_server: RedisServer, database_url: str, tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from budget_proxy.reporting import aggregate, aggregate_usage, collect_usage
+
+    redis_server.flushall()
+    store = RedisStore(redis_server.url, data_dir=tmp_path, ledger=PostgresLedger(database_url))
+    await store.start()
+    try:
+        assert store.handoff is not None
+        start = T0.replace(minute=0, second=0) - timedelta(hours=30)
+        for i in range(100):  # over 28 hours, up to now
+            await settle(store, rec(i, at=start + timedelta(minutes=17 * i),
+                                    provider=("openai", "anthropic")[i % 2]))
+        while await store.handoff.move_once():
+            pass
+        tz = ZoneInfo("Europe/Paris")
+        since, until = start, store.now()
+        groupings = (("provider",), ("provider", "model"), ("component",))
+        fast = await aggregate_usage(store, "daily", tz, since, until, *groupings)
+        records = await collect_usage(store, since=since)
+        slow = aggregate(records, "daily", tz, *groupings)
+        for a, b in zip(fast, slow, strict=True):
+            assert a.all.totals() == b.all.totals() and a.all.requests == 100
+            assert a.window_rows() == b.window_rows()
+            assert sorted(map(repr, a.group_rows())) == sorted(map(repr, b.group_rows()))
+        only = await aggregate_usage(store, "hourly", tz, since, until, provider="anthropic")
+        assert only[0].all.requests == 50
+    finally:
+        await store.close()
