@@ -241,3 +241,86 @@ def soft_limit_move(
             return policy.fallback_model, notes
         notes.append(f"soft limit {policy.name or policy.policy_id} reached")
     return None, notes
+
+
+# what-if and backfill: a policy judged over recorded calls ----------------------------------
+@dataclass(frozen=True, slots=True)
+class PastCall:
+    """One recorded call as policies see it: who, when, and what it cost."""
+
+    scope: RequestScope
+    at: datetime
+    cost_nusd: int
+    tokens: int
+
+
+@dataclass(slots=True)
+class ReplayWindow:
+    """What a policy would have done in one of its windows."""
+
+    window_id: str
+    calls: int = 0
+    allowed: int = 0
+    refused: int = 0
+    warned: int = 0
+    allowed_nusd: int = 0
+    refused_nusd: int = 0
+
+
+def replay(policy: BudgetPolicy, calls: Iterable[PastCall], tz: ZoneInfo) -> list[ReplayWindow]:
+    """Replay recorded calls (oldest first) through `policy`, window by window: a hard limit
+    or shadow policy refuses a call whose actual cost, tokens or call count would pass its
+    limit (a refused call is not added: it never happened), and every call that leaves the
+    window at or past `warning_threshold` is warned. Warn and soft limits never refuse;
+    `ignore` only counts. Judged on actual amounts: the live proxy reserves the worst case,
+    so it refuses a little earlier than this."""
+    windows: dict[str, tuple[ReplayWindow, CounterLine, list[int]]] = {}
+    refuses = policy.type in (PolicyType.HARD_LIMIT, PolicyType.SHADOW)
+    for call in calls:
+        if not policy_matches(policy, call.scope):
+            continue
+        window = window_for(policy.period, call.at, tz, call.scope.session, call.scope.task)
+        if window is None:
+            continue
+        entry = windows.get(window.window_id)
+        if entry is None:
+            cost, tokens, requests = policy.limits_at(call.at)
+            line = CounterLine(window.window_id, cost, tokens, refuses, policy.policy_id,
+                               window.resets_at, requests)
+            entry = windows[window.window_id] = (ReplayWindow(window.window_id), line, [0, 0, 0])
+        out, line, used = entry
+        out.calls += 1
+        totals = Totals(spent_nusd=used[0], spent_tokens=used[1], requests=used[2])
+        if refuses and not passes_limit(line, totals, call.cost_nusd, call.tokens):
+            out.refused += 1
+            out.refused_nusd += call.cost_nusd
+            continue
+        used[0] += call.cost_nusd
+        used[1] += call.tokens
+        used[2] += 1
+        out.allowed += 1
+        out.allowed_nusd += call.cost_nusd
+        after = Totals(spent_nusd=used[0], spent_tokens=used[1], requests=used[2])
+        if policy.type is not PolicyType.IGNORE and utilisation(line, after) >= \
+                policy.warning_threshold:
+            out.warned += 1
+    return [entry[0] for entry in windows.values()]
+
+
+def matching_spend(policy: BudgetPolicy, calls: Iterable[PastCall], now: datetime,
+                   tz: ZoneInfo) -> tuple[str | None, Totals]:
+    """The counter key of `policy`'s current window and the recorded spend that falls in it
+    (what a new or edited policy starts from). Windows without a calendar start (sessions,
+    tasks) start empty: (None, zero)."""
+    window = window_for(policy.period, now, tz)
+    if window is None or window.starts_at is None:
+        return None, Totals()
+    cost = tokens = n = 0
+    for call in calls:
+        if window.starts_at <= call.at < (window.resets_at or now) and policy_matches(
+                policy, call.scope):
+            cost += call.cost_nusd
+            tokens += call.tokens
+            n += 1
+    return counter_key(policy.policy_id, window.window_id), Totals(
+        spent_nusd=cost, spent_tokens=tokens, requests=n)

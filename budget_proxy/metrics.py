@@ -500,6 +500,10 @@ class Metrics:
         self.refusals = Counter(
             "budget_proxy_refusals_total", "Requests refused by a hard limit.",
             ("gen_ai_provider_name", "policy_id", "reason"), registry=None)
+        self.shadow_refusals = Counter(
+            "budget_proxy_shadow_refusals_total",
+            "Requests a shadow policy would have refused (they were served).",
+            ("gen_ai_provider_name", "policy_id"), registry=None)
         self.flagged_usage = Counter(
             "budget_proxy_flagged_usage_total",
             "Usage records whose figures were not the provider's plain answer: clamped counts "
@@ -534,7 +538,8 @@ class Metrics:
         self.counted = FirstScrapeAtZero([
             self.token_usage, self.operation_duration, self.time_to_first_chunk, self.requests,
             self.upstream_responses, self.request_duration, self.overhead, self.tokens,
-            self.cost, self.policy_cost, self.policy_tokens, self.refusals, self.flagged_usage,
+            self.cost, self.policy_cost, self.policy_tokens, self.refusals, self.shadow_refusals,
+            self.flagged_usage,
             self.unmetered, self.error_responses, self.store_failures, self.loop_lag,
             self.alerts, self.webhook_deliveries, self.websocket_dropped,
         ])
@@ -676,6 +681,9 @@ class Metrics:
     def on_refuse(self, provider: str, policy_id: str, reason: str) -> None:
         policy = self.policies.by_id.get(policy_id)
         label = policy_label(policy_id, self.policies.by_id)
+        if reason == "shadow":  # served: what a shadow policy would have refused
+            self._child(self.shadow_refusals, bounded(provider, self.providers), label).inc()
+            return
         self._child(self.refusals, bounded(provider, self.providers), label,
                     reason[:MAX_LABEL_CHARS]).inc()
         if policy is not None:

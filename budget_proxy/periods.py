@@ -17,6 +17,7 @@ from budget_proxy.models import Period
 class Window:
     window_id: str
     resets_at: datetime | None  # None: the window never resets (sessions, tasks)
+    starts_at: datetime | None = None  # None: the window has no start (sessions, tasks)
 
 
 def _next_month(start: datetime) -> datetime:
@@ -40,21 +41,21 @@ def window_for(
     local = now.astimezone(tz)
     if period is Period.MINUTELY:  # absolute time: a minute is a minute across DST changes
         start = now.astimezone(UTC).replace(second=0, microsecond=0)
-        return Window(f"n:{start:%Y%m%d%H%M}", start + timedelta(minutes=1))
+        return Window(f"n:{start:%Y%m%d%H%M}", start + timedelta(minutes=1), start)
     if period is Period.HOURLY:
         start = local.replace(minute=0, second=0, microsecond=0)
-        return Window(f"h:{start:%Y%m%d%H}", _wall_add(start, hours=1, tz=tz))
+        return Window(f"h:{start:%Y%m%d%H}", _wall_add(start, hours=1, tz=tz), start)
     day = local.replace(hour=0, minute=0, second=0, microsecond=0)
     if period is Period.DAILY:
-        return Window(f"d:{day:%Y%m%d}", _wall_add(day, days=1, tz=tz))
+        return Window(f"d:{day:%Y%m%d}", _wall_add(day, days=1, tz=tz), day)
     if period is Period.WEEKLY:
         monday = day - timedelta(days=day.weekday())
         monday = monday.replace(tzinfo=None).replace(tzinfo=tz)
-        return Window(f"w:{monday:%Y%m%d}", _wall_add(monday, days=7, tz=tz))
+        return Window(f"w:{monday:%Y%m%d}", _wall_add(monday, days=7, tz=tz), monday)
     if period is Period.MONTHLY:
         first = day.replace(day=1)
         nxt = _next_month(first.replace(tzinfo=None)).replace(tzinfo=tz)
-        return Window(f"m:{first:%Y%m}", nxt)
+        return Window(f"m:{first:%Y%m}", nxt, first.replace(tzinfo=None).replace(tzinfo=tz))
     raise ValueError(f"unknown period {period!r}")
 
 

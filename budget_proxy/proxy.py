@@ -31,6 +31,8 @@ from budget_proxy.enforcement import (
     ReserveResult,
     Totals,
     counter_lines,
+    rate_remaining,
+    shadow_refusals,
     soft_limit_move,
     tightest_remaining,
     warnings,
@@ -76,6 +78,7 @@ class Attribution:
     task_type: str | None = None
     context_id: str | None = None
     allocation_id: str | None = None
+    key_id: str | None = None  # the virtual key, when one identified the caller
 
 
 # the caller a virtual key identified, set by `Proxy.identify` for `Proxy.attribution`
@@ -426,13 +429,15 @@ class Proxy:
         if self.policies.version < 0 and self.settings.fail_mode != "open":
             # the store has been down since start-up: which limits apply is unknown
             return self.store_down(api, StoreError("policies not loaded yet"))
-        lines = counter_lines(self.policies.policies, self.scope(provider, model, price, who),
-                              now, self.tz)
+        caller = request.get(CALLER)  # a key budget (policy `key_id`) matches only its key
+        key_id = caller.key_id if caller is not None else None
+        scope = replace(self.scope(provider, model, price, who), key_id=key_id)
+        lines = counter_lines(self.policies.policies, scope, now, self.tz)
         if not (who.allocation_id or who.context_id):
             return lines, who
         try:
             plan = await allocations.plan_draw(self.store, who.allocation_id, who.context_id,
-                                               lines)
+                                               lines, scope)
         except StoreError as exc:
             if self.settings.fail_mode != "open":
                 return self.store_down(api, exc)
@@ -453,7 +458,8 @@ class Proxy:
             # naming no component, it does the allocation's work: charged to its one
             who = replace(who, component=alloc.component)
             lines = allocations.drawn_lines(alloc, counter_lines(
-                self.policies.policies, self.scope(provider, model, price, who), now, self.tz))
+                self.policies.policies,
+                replace(self.scope(provider, model, price, who), key_id=key_id), now, self.tz))
         return lines, who
 
     @staticmethod
@@ -530,6 +536,18 @@ class Proxy:
         notes = notes + warnings(self.policies.by_id, lines, result.totals)
         if notes:
             headers["X-Budget-Warning"] = "; ".join(notes)
+        rate = rate_remaining(lines, result.totals)
+        if rate.requests is not None:
+            headers["x-ratelimit-remaining-requests"] = str(rate.requests)
+        if rate.tokens is not None:
+            headers["x-ratelimit-remaining-tokens"] = str(rate.tokens)
+        # totals include this call's hold: a shadow line past its limit would have refused it
+        shadowed = shadow_refusals(lines, result.totals, 0, 0, 0)
+        if shadowed:
+            headers["X-Budget-Shadow"] = ", ".join(f"{pid} would refuse" for pid in shadowed)
+            for pid in shadowed:
+                for hook in self.on_refuse:
+                    hook("", pid, "shadow")
         return headers
 
     def refuse(
@@ -552,11 +570,20 @@ class Proxy:
             left_t = max(0, line.limit_tokens - totals.used_tokens)
             parts.append(f"{left_t} of {line.limit_tokens} tokens left, "
                          f"this request may use up to {reservation.tokens}")
+        if line.limit_requests is not None:
+            parts.append(f"{totals.requests} of {line.limit_requests} calls made")
         message = f"Budget exceeded: {period} hard limit {label}: " + "; ".join(parts)
         headers = {"x-should-retry": "false", "X-Budget-Policy": line.policy_id}
         retry = seconds_until(line.resets_at, self.store.now())
         if retry is not None:
             headers["Retry-After"] = str(retry)
+        if line.limit_requests is not None:  # a rate limit: the provider's own headers too
+            rate = rate_remaining([line], [totals])
+            headers["x-ratelimit-remaining-requests"] = str(rate.requests or 0)
+            if rate.tokens is not None:
+                headers["x-ratelimit-remaining-tokens"] = str(rate.tokens)
+            if retry is not None:
+                headers["x-ratelimit-reset-requests"] = f"{retry}s"
         for hook in self.on_refuse:
             hook(provider, line.policy_id, "limit")
         return self.error(api, 429, message, code="budget_exceeded", headers=headers)

@@ -10,23 +10,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from budget_proxy.models import (
+    MAX_COUNT,
     MAX_RATE,
+    MAX_USD,
     AlertSeverity,
     Bound,
     Budget,
+    BudgetPolicy,
     CallTokens,
     Count,
     Days,
     Metadata,
+    PositiveSeconds,
+    PositiveTokens,
     Timestamp,
     UsageRecord,
     Usd,
 )
 
 PerDay = Annotated[float, Bound(0, MAX_RATE)]
+PositiveUsd = Annotated[float, Field(gt=0), Bound(0, MAX_USD)]
+PositiveCount = Annotated[int, Field(gt=0), Bound(0, MAX_COUNT)]
 
 CalendarPeriod = Literal["hourly", "daily", "weekly", "monthly"]
 GroupField = Literal["provider", "model", "component"]
@@ -441,3 +448,78 @@ class ModelRecommendation(AssistantAnswer):
 
 
 Report.model_rebuild()
+
+
+# policies: edits, top-ups, what-if ----------------------------------------------------------
+class PolicyWriteQuery(_Body):
+    strict: bool = Field(False, description="Refuse (422) a policy naming a provider that is "
+                         "not configured, a model the price catalog does not know or an "
+                         "unknown key, instead of accepting it with a warning.")
+
+
+class Counted(BaseModel):
+    """The recorded spend a new or edited policy's current window started from."""
+
+    window: str | None = None
+    records: int = 0
+    cost: float = 0.0
+    tokens: int = 0
+
+
+class PolicyWritten(BudgetPolicy):
+    """A created or edited policy, with what was checked and counted."""
+
+    warnings: list[str] = Field(default_factory=list)
+    counted: Counted = Field(default_factory=Counted)
+
+
+class TopUpRequest(_Body):
+    """Body of `POST /api/policies/{policy_id}/topups`: a raise of the limits until it expires."""
+
+    cost: PositiveUsd | None = Field(None, description="USD added to cost_limit.")
+    tokens: PositiveTokens | None = Field(None, description="Tokens added to token_limit.")
+    requests: PositiveCount | None = Field(None, description="Calls added to request_limit.")
+    ttl_s: PositiveSeconds = Field(86_400, description="Seconds until it expires.")
+
+    @model_validator(mode="after")
+    def _needs_an_amount(self) -> TopUpRequest:
+        if self.cost is None and self.tokens is None and self.requests is None:
+            raise ValueError("a top-up needs cost, tokens or requests")
+        return self
+
+
+class ReplayRequest(_Body):
+    """Body of `POST /api/policies/replay`."""
+
+    policy: dict[str, Any] = Field(description="A policy, as for POST /api/policies.")
+    days: Days = Field(7, description="Replay the recorded calls of this many days.")
+
+
+class ReplayedWindow(BaseModel):
+    window: str
+    calls: int
+    allowed: int
+    refused: int
+    warned: int
+    allowed_cost: float
+    refused_cost: float
+
+
+class ReplayResult(BaseModel):
+    """What a policy would have done over recorded calls (actual amounts, not worst cases)."""
+
+    policy_id: str
+    type: str
+    period: str
+    days: int
+    since: datetime
+    records_scanned: int
+    truncated: bool = Field(description="More records than the scan limit: the oldest were "
+                            "left out.")
+    calls: int
+    allowed: int
+    refused: int
+    warned: int
+    allowed_cost: float
+    refused_cost: float
+    windows: list[ReplayedWindow]

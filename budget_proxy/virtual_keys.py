@@ -24,7 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from budget_proxy.models import Metadata, Timestamp, new_id, utcnow
+from budget_proxy.models import (
+    DEFAULT_BUDGET_ID,
+    BudgetPolicy,
+    Count,
+    Metadata,
+    Period,
+    PolicyType,
+    Timestamp,
+    Tokens,
+    Usd,
+    new_id,
+    utcnow,
+)
 from budget_proxy.policy_cache import ConfigCache
 from budget_proxy.schemas import assume_utc
 from budget_proxy.store.base import Store
@@ -58,8 +70,24 @@ class KeyCreateRequest(BaseModel):
     name: str | None = None
     expires_at: Timestamp | None = Field(None, description="Naive times are UTC.")
     metadata: Metadata = Field(default_factory=dict)
+    # a key budget: a hard limit scoped to this key (policy `key_id`), made with the key
+    period: Period | None = Field(None, description="Window of the key's own limits (daily "
+                                  "when a limit is given without it).")
+    cost_limit: Usd | None = Field(None, description="USD per window for this key.")
+    token_limit: Tokens | None = Field(None, description="Tokens per window for this key.")
+    request_limit: Count | None = Field(None, description="Calls per window for this key.")
 
     _utc = field_validator("expires_at")(assume_utc)
+
+    def budget_policy(self, key_id: str) -> BudgetPolicy | None:
+        """The key's own hard limit, if the request sets one."""
+        if self.cost_limit is None and self.token_limit is None and self.request_limit is None:
+            return None
+        return BudgetPolicy(
+            name=f"key {self.name or key_id}", budget_id=self.budget_id or DEFAULT_BUDGET_ID,
+            type=PolicyType.HARD_LIMIT, period=self.period or Period.DAILY, key_id=key_id,
+            cost_limit=self.cost_limit, token_limit=self.token_limit,
+            request_limit=self.request_limit)
 
 
 class VirtualKey(BaseModel):
@@ -97,6 +125,8 @@ class KeyCreated(BaseModel):
     key: VirtualKey
     secret: str
     note: str = "Store the secret now: it is not shown again."
+    policy: BudgetPolicy | None = Field(None, description="The key's own hard limit, when "
+                                        "the request set one.")
 
 
 class KeyRing(ConfigCache):
@@ -121,7 +151,8 @@ class KeyRing(ConfigCache):
     def identify(self, secret: str) -> Attribution | None:
         """The proxy's `identify_key` hook: who pays for a request made with `secret`."""
         key = self.lookup(secret)
-        return None if key is None else self._attribution(component=key.component)
+        return None if key is None else self._attribution(component=key.component,
+                                                          key_id=key.key_id)
 
     async def mint(self, req: KeyCreateRequest) -> KeyCreated:
         secret = mint_secret()
@@ -130,9 +161,12 @@ class KeyRing(ConfigCache):
             hint=secret[: len(SECRET_PREFIX) + HINT_CHARS], expires_at=req.expires_at,
             metadata=req.metadata, key_hash=hash_secret(secret),
         )
+        policy = req.budget_policy(stored.key_id)
+        if policy is not None:  # the limit first: the key is never usable without it
+            await self.store.put_policy(policy)
         await self.store.put_doc(KEY_KIND, stored.key_id, stored.model_dump_json(), config=True)
         await self.refresh()
-        return KeyCreated(key=stored.public(), secret=secret)
+        return KeyCreated(key=stored.public(), secret=secret, policy=policy)
 
     async def get(self, key_id: str) -> StoredKey | None:
         body = await self.store.get_doc(KEY_KIND, key_id)

@@ -7,14 +7,16 @@ from aiohttp import web
 
 from budget_proxy.api.common import api_error, json_response, read_model
 from budget_proxy.api.openapi import api_route
-from budget_proxy.appkeys import KEYS, STORE
+from budget_proxy.appkeys import KEYS, POLICIES, STORE
 from budget_proxy.virtual_keys import KeyCreated, KeyCreateRequest, VirtualKey
 
 
 async def create_key(request: web.Request) -> web.Response:
     """Mint a `bp-...` key bound to a component (and optionally a budget). Components use it
     as their provider API key against the proxy routes; their requests are charged to that
-    component. The secret is shown in this answer only."""
+    component. With `cost_limit`, `token_limit` or `request_limit` (per `period`, daily by
+    default) the key gets its own hard limit, whatever headers its requests send. The
+    secret is shown in this answer only."""
     req = await read_model(request, KeyCreateRequest)
     if isinstance(req, web.Response):
         return req
@@ -23,7 +25,10 @@ async def create_key(request: web.Request) -> web.Response:
         reason = f"no budget {req.budget_id}"
         return api_error(422, "validation_error", f"budget_id: {reason}",
                          [{"field": "budget_id", "reason": reason}])
-    return json_response(await request.config_dict[KEYS].mint(req), 201)
+    created = await request.config_dict[KEYS].mint(req)
+    if created.policy is not None:
+        await request.config_dict[POLICIES].refresh()
+    return json_response(created, 201)
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -30,6 +30,10 @@ from tests.api.conftest import ADMIN_TOKEN, assert_invalid
 # a valid body per mutating route: each hostile value replaces one field of it
 VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/policies"): {"period": "daily", "type": "hard_limit", "cost_limit": 5},
+    ("PUT", "/api/policies/p-hostile"): {"period": "daily", "cost_limit": 5},
+    ("PATCH", "/api/policies/p-hostile"): {"cost_limit": 6},
+    ("POST", "/api/policies/p-hostile/topups"): {"cost": 1, "ttl_s": 60},
+    ("POST", "/api/policies/replay"): {"policy": {"cost_limit": 5}, "days": 1},
     ("POST", "/api/budgets"): {"name": "hostile"},
     ("PUT", "/api/budgets/b-hostile"): {"name": "hostile"},
     ("PATCH", "/api/budgets/default"): {"description": "d"},
@@ -72,8 +76,7 @@ def _kinds(prop: dict[str, Any]) -> set[str]:
 
 def numeric_fields(doc: dict[str, Any], method: str, path: str) -> dict[str, str]:
     """Every number a route's body takes, with its JSON type (from the OpenAPI document)."""
-    op = doc["paths"][path.replace("b-hostile", "{budget_id}").replace(
-        "/default", "/{budget_id}")][method.lower()]
+    op = doc["paths"][_template(path)][method.lower()]
     body = _resolve(op["requestBody"]["content"]["application/json"]["schema"], doc)
     out = {}
     for name, prop in body.get("properties", {}).items():
@@ -83,16 +86,23 @@ def numeric_fields(doc: dict[str, Any], method: str, path: str) -> dict[str, str
     return out
 
 
+def _template(path: str) -> str:
+    return path.replace("b-hostile", "{budget_id}").replace("/default", "/{budget_id}").replace(
+        "p-hostile", "{policy_id}")
+
+
 @pytest.fixture
 async def doc(api) -> dict[str, Any]:
+    # the policy the policy routes' paths name
+    await api.admin("PUT", "/api/policies/p-hostile", json=VALID_BODIES[
+        ("PUT", "/api/policies/p-hostile")])
     return (await api.anon("GET", "/api/openapi.json")).json()
 
 
 async def test_every_mutating_route_is_covered(api, doc):
     routes = {(m.upper(), p) for p, ops in doc["paths"].items() for m, op in ops.items()
               if "requestBody" in op}
-    covered = {(m, p.replace("b-hostile", "{budget_id}").replace("/default", "/{budget_id}"))
-               for m, p in VALID_BODIES}
+    covered = {(m, _template(p)) for m, p in VALID_BODIES}
     missing = routes - covered - {("POST", "/api/alerts/{alert_id}/acknowledge"),
                                   ("POST", "/api/assistant/chat")}
     assert not missing, f"routes without a hostile-input case: {sorted(missing)}"
@@ -115,7 +125,7 @@ async def test_hostile_numbers_are_refused_naming_the_field(api, doc, method, pa
 
 
 @pytest.mark.parametrize(("method", "path"), list(VALID_BODIES))
-async def test_malformed_and_deep_bodies_are_400_or_422(api, method, path):
+async def test_malformed_and_deep_bodies_are_400_or_422(api, doc, method, path):
     base = VALID_BODIES[(method, path)]
     cases: list[tuple[bytes, set[int]]] = [
         (b"{", {400}), (b"[]", {400}), (b'"x"', {400}), (b"null", {400}),
