@@ -40,9 +40,16 @@ HELP_ALL_ALLOCATIONS = "Include released and expired allocations."
 HELP_ALL_ALERTS = "Include acknowledged alerts."
 HELP_CASCADE = "Also delete the budget's policies."
 HELP_DRY_RUN = "Validate and show what would be sent; change nothing."
-PERIODS = ("hourly", "daily", "weekly", "monthly", "per_session", "per_task")
+PERIODS = ("minutely", "hourly", "daily", "weekly", "monthly", "per_session", "per_task")
 CALENDAR_PERIODS = ("hourly", "daily", "weekly", "monthly")
-POLICY_TYPES = ("ignore", "warn", "soft_limit", "hard_limit")
+POLICY_TYPES = ("ignore", "warn", "soft_limit", "hard_limit", "shadow")
+# the fields that make two policies "the same" for `set-limit` (which updates, not adds)
+SCOPE_FIELDS = ("provider", "component", "model", "tier", "task_type", "session", "task",
+                "key_id")
+MONEY_COLUMNS = {"limit", "spent", "reserved", "remaining", "cost_limit", "total_cost",
+                 "spent_cost", "input_cost", "output_cost", "allowed_cost", "refused_cost",
+                 "cost", "cost_used", "cost_allocated"}
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TIERS = ("local_lightweight", "local_midweight", "remote_heavyweight")
 SEVERITIES = ("info", "warning", "critical")
 
@@ -119,9 +126,14 @@ def _error_of(resp: httpx.Response) -> CliError:
     except (ValueError, AttributeError):
         message = resp.text
     status = resp.status_code
-    if status in (401, 403):
-        hint = " (pass --token or set BUDGET_ADMIN_TOKEN)" if status == 401 else ""
-        return CliError(f"{status}: {message}{hint}", EXIT_AUTH)
+    if status == 401:
+        sent = resp.request.headers.get("Authorization") if resp.request else None
+        if sent:
+            return CliError("401: invalid token: the proxy does not accept it (check --token "
+                            "or BUDGET_ADMIN_TOKEN)", EXIT_AUTH)
+        return CliError(f"401: {message} (pass --token or set BUDGET_ADMIN_TOKEN)", EXIT_AUTH)
+    if status == 403:
+        return CliError(f"403: {message}", EXIT_AUTH)
     if status in (400, 422):
         return CliError(f"{status}: {message}", EXIT_USAGE)
     if status == 503:
@@ -141,19 +153,49 @@ def emit(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
         click.echo("(none)")
         return
     cols = columns or list(rows[0].keys())
-    table = [[_cell(row.get(c)) for c in cols] for row in rows]
+    table = [[_cell(row.get(c), c, row) for c in cols] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(cols)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in table:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
-def _cell(value: Any) -> str:
+def money(usd: float) -> str:
+    """USD as money: `$0.000022`, `$12.50`, `$1,234.56`; never `2.175e-05`."""
+    if usd != 0 and abs(usd) < 0.01:
+        text = f"{usd:.6f}".rstrip("0")
+        return "$" + (text if not text.endswith(".") else text + "00")
+    return f"${usd:,.2f}"
+
+
+def _cell(value: Any, column: str = "", row: dict[str, Any] | None = None) -> str:
     if value is None:
         return "-"
+    if column == "utilisation" and isinstance(value, int | float):
+        return f"{value:.1%}"
+    unit = (row or {}).get("unit")
+    if column in MONEY_COLUMNS and isinstance(value, int | float) and not isinstance(
+            value, bool) and unit in (None, "usd"):
+        return money(value)
+    if unit == "tokens" and column in ("limit", "spent", "reserved", "remaining"):
+        return f"{value:,} tokens" if isinstance(value, int) else str(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+def duration_s(text: str) -> float:
+    """`90`, `90s`, `15m`, `24h`, `7d` in seconds."""
+    text = text.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration (90s, 15m, 24h, 7d)") from None
+    if not value > 0 or value == float("inf"):
+        raise click.BadParameter("must be more than 0")
+    return value
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -203,43 +245,127 @@ def serve(host: str | None, port: int | None, config_path: Path | None) -> None:
 
 
 @main.command("set-limit")
-@click.argument("period", type=click.Choice(PERIODS))
+@click.argument("period", type=click.Choice(PERIODS, case_sensitive=False))
 @click.argument("limit", type=float)
 @click.option("--provider", default=None, help="Only requests to this provider.")
 @click.option("--component", default=None, help="Only requests from this component.")
 @click.option("--model", default=None, help="Only requests for this model.")
 @click.option("--tier", type=click.Choice(TIERS), default=None, help="Only models of this tier.")
 @click.option("--task-type", default=None, help="Only requests of this task type.")
-@click.option("--policy-type", type=click.Choice(POLICY_TYPES), default="hard_limit",
-              show_default=True, help="How the limit is enforced.")
+@click.option("--policy-type", type=click.Choice(POLICY_TYPES, case_sensitive=False),
+              default="hard_limit", show_default=True, help="How the limit is enforced.")
 @click.option("--tokens", "in_tokens", is_flag=True, help="LIMIT counts tokens, not USD.")
+@click.option("--requests", "in_requests", is_flag=True,
+              help="LIMIT counts calls (a rate limit with `minutely`).")
 @click.option("--fallback-model", default=None, help="soft_limit: move requests to this model.")
 @click.option("--name", default=None, help="A name for the policy.")
 @click.option("--budget", "budget_id", default=None, help=HELP_BUDGET)
+@click.option("--new", "always_new", is_flag=True,
+              help="Add another policy even if one with this period, type and scope exists.")
+@click.option("--strict", is_flag=True, help="Refuse a provider that is not configured or a "
+              "model the price catalog does not know (default: a warning).")
 @json_option
 @click.pass_obj
 def set_limit(obj: dict[str, Any], period: str, limit: float, provider: str | None,
               component: str | None, model: str | None, tier: str | None,
-              task_type: str | None, policy_type: str, in_tokens: bool,
-              fallback_model: str | None, name: str | None, budget_id: str | None) -> None:
-    """Create a policy limiting PERIOD spend to LIMIT USD (or tokens with --tokens)."""
-    if limit < 0:
+              task_type: str | None, policy_type: str, in_tokens: bool, in_requests: bool,
+              fallback_model: str | None, name: str | None, budget_id: str | None,
+              always_new: bool, strict: bool) -> None:
+    """Limit PERIOD spend to LIMIT USD (tokens with --tokens, calls with --requests). The
+    policy with the same period, type and scope is updated (its spend is kept); --new adds
+    another. A new policy starts from the spend already recorded in its current window."""
+    if limit < 0 or limit != limit:
         raise click.BadParameter("must be 0 or more", param_hint="LIMIT")
-    body: dict[str, Any] = {
-        "period": period, "type": policy_type, "provider": provider, "component": component,
-        "model": model, "tier": tier, "task_type": task_type, "fallback_model": fallback_model,
-        "name": name, "budget_id": budget_id,
-    }
-    if in_tokens:
-        body["token_limit"] = int(limit)
+    if in_tokens and in_requests:
+        raise click.BadParameter("--tokens and --requests exclude each other")
+    period, policy_type = period.lower(), policy_type.lower()
+    field = "token_limit" if in_tokens else "request_limit" if in_requests else "cost_limit"
+    amount: float | int = int(limit) if in_tokens or in_requests else limit
+    scope = {"provider": provider, "component": component, "model": model, "tier": tier,
+             "task_type": task_type}
+    body: dict[str, Any] = {"period": period, "type": policy_type, **scope,
+                            "fallback_model": fallback_model, "name": name,
+                            "budget_id": budget_id, field: amount}
+    api: ApiClient = obj["api"]
+    params = {"strict": "true"} if strict else None
+    same = None if always_new else _same_policy(api.request("GET", "/api/policies"), body)
+    if same is None:
+        policy = api.request("POST", "/api/policies", json=_clean(body), params=params)
+        verb, was = "created", None
     else:
-        body["cost_limit"] = limit
-    policy = obj["api"].request("POST", "/api/policies", json=_clean(body))
+        change = _clean({field: amount, "fallback_model": fallback_model, "name": name})
+        policy = api.request("PATCH", f"/api/policies/{same['policy_id']}", json=change,
+                             params=params)
+        verb, was = "updated", same.get(field)
     if obj["json"]:
-        emit(policy, True)
-    else:
-        what = f"{int(limit)} tokens" if in_tokens else f"${limit:g}"
-        click.echo(f"policy {policy['policy_id']}: {period} {policy_type} {what}")
+        emit({**policy, "action": verb}, True)
+        return
+    what = limit_text(field, amount)
+    line = f"{verb} policy {policy['policy_id']}: {period} {policy_type} {what}"
+    if was is not None and was != amount:
+        line += f" (was {limit_text(field, was)})"
+    click.echo(line)
+    for warning in policy.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    counted = policy.get("counted") or {}
+    if counted.get("records"):
+        click.echo(f"counted {money(counted['cost'])} ({counted['tokens']:,} tokens, "
+                   f"{counted['records']} calls) already recorded in window "
+                   f"{counted['window']}")
+
+
+def limit_text(field: str, amount: Any) -> str:
+    """A limit with its unit: `$5`, `1,000 tokens`, `3 calls`."""
+    if amount is None:
+        return "none"
+    if field == "token_limit":
+        return f"{int(amount):,} tokens"
+    if field == "request_limit":
+        return f"{int(amount):,} calls"
+    return money(amount) if amount < 0.01 and amount else f"${amount:g}"
+
+
+def _same_policy(policies: list[dict[str, Any]], body: dict[str, Any]
+                 ) -> dict[str, Any] | None:
+    """The policy `set-limit` updates: same period, type, budget, scope and limit kind."""
+    kind = next(f for f in ("cost_limit", "token_limit", "request_limit") if f in body)
+    for policy in policies:
+        if (policy["period"] == body["period"] and policy["type"] == body["type"]
+                and policy.get("budget_id") == (body.get("budget_id") or "default")
+                and all(policy.get(f) == body.get(f) for f in SCOPE_FIELDS)
+                and policy.get(kind) is not None and not policy.get("source")):
+            return policy
+    return None
+
+
+@main.command()
+@click.argument("policy_id")
+@click.option("--cost", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="USD added to the cost limit.")
+@click.option("--tokens", type=click.IntRange(min=1), default=None,
+              help="Tokens added to the token limit.")
+@click.option("--requests", type=click.IntRange(min=1), default=None,
+              help="Calls added to the call limit.")
+@click.option("--ttl", "ttl", default="24h", show_default=True,
+              help="How long the top-up lasts (90s, 15m, 24h, 7d).")
+@json_option
+@click.pass_obj
+def topup(obj: dict[str, Any], policy_id: str, cost: float | None, tokens: int | None,
+          requests: int | None, ttl: str) -> None:
+    """Raise POLICY_ID's limit until the top-up expires; then the limit is back. Spend is
+    never reset."""
+    if cost is None and tokens is None and requests is None:
+        raise click.BadParameter("give --cost, --tokens or --requests")
+    body = _clean({"cost": cost, "tokens": tokens, "requests": requests,
+                   "ttl_s": duration_s(ttl)})
+    data = obj["api"].request("POST", f"/api/policies/{policy_id}/topups", json=body)
+    if obj["json"]:
+        emit(data, True)
+        return
+    raised = ", ".join(text for text in (
+        money(cost) if cost else None, f"{tokens:,} tokens" if tokens else None,
+        f"{requests:,} calls" if requests else None) if text)
+    click.echo(f"topped up {policy_id} by {raised} until {data['topup']['expires_at']}")
 
 
 @main.command()
@@ -404,10 +530,16 @@ def allocate_show(obj: dict[str, Any], allocation_id: str) -> None:
 @json_option
 @click.pass_obj
 def allocate_release(obj: dict[str, Any], allocation_id: str) -> None:
-    """Release an allocation: its unused tokens go back to the budgets."""
+    """Release an allocation: its unused tokens go back to the budgets. Releasing again
+    changes nothing and says so."""
+    before = obj["api"].request("GET", f"/api/allocations/{allocation_id}")
     alloc = obj["api"].request("POST", f"/api/allocations/{allocation_id}/release")
     if obj["json"]:
         emit(alloc, True)
+        return
+    if before.get("state") != "active":
+        click.echo(f"{allocation_id} already {before.get('state', 'released')}: "
+                   f"nothing changed")
         return
     returned = max(0, alloc["tokens_allocated"] - alloc["tokens_used"])
     click.echo(f"released {allocation_id}: used {alloc['tokens_used']} of "
@@ -520,17 +652,40 @@ def keys() -> None:
 @click.option("--component", required=True, help="Component the key's requests are charged to.")
 @click.option("--budget", "budget_id", default=None, help="Budget the key belongs to.")
 @click.option("--name", default=None, help="A name for the key.")
+@click.option("--daily", type=click.FloatRange(min=0), default=None,
+              help="The key's own hard limit: USD a day.")
+@click.option("--monthly", type=click.FloatRange(min=0), default=None,
+              help="The key's own hard limit: USD a month.")
+@click.option("--rpm", type=click.IntRange(min=0), default=None,
+              help="The key's own rate limit: calls a minute.")
 @json_option
 @click.pass_obj
 def keys_create(obj: dict[str, Any], component: str, budget_id: str | None,
-                name: str | None) -> None:
-    """Mint a key; its secret is printed once, here."""
+                name: str | None, daily: float | None, monthly: float | None,
+                rpm: int | None) -> None:
+    """Mint a key; its secret is printed once, here. With --daily, --monthly or --rpm the
+    key gets its own hard limit, whatever headers its requests send."""
+    if sum(v is not None for v in (daily, monthly, rpm)) > 1:
+        raise click.BadParameter("one of --daily, --monthly, --rpm per key (add more limits "
+                                 "with set-limit)")
+    limit: dict[str, Any] = {}
+    if daily is not None:
+        limit = {"period": "daily", "cost_limit": daily}
+    elif monthly is not None:
+        limit = {"period": "monthly", "cost_limit": monthly}
+    elif rpm is not None:
+        limit = {"period": "minutely", "request_limit": rpm}
     data = obj["api"].request("POST", "/api/keys", json=_clean({
-        "component": component, "budget_id": budget_id, "name": name}))
+        "component": component, "budget_id": budget_id, "name": name, **limit}))
     if obj["json"]:
         emit(data, True)
         return
     click.echo(f"key {data['key']['key_id']} for component {component}")
+    policy = data.get("policy")
+    if policy:
+        field = "request_limit" if policy.get("request_limit") is not None else "cost_limit"
+        click.echo(f"limit: {policy['period']} {limit_text(field, policy[field])} "
+                   f"(policy {policy['policy_id']})")
     click.echo(f"secret: {data['secret']}")
     click.echo("store it now: it is not shown again. Use it as the provider API key "
                "against the proxy.")
@@ -621,6 +776,50 @@ def policies_apply(obj: dict[str, Any], paths: tuple[Path, ...], dry_run: bool) 
                f"{len(loaded.files)} files")
     for body in policies_out:
         click.echo(f"  {body['policy_id']}")
+
+
+@policies.command("replay")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True,
+              help="Replay the recorded calls of this many days.")
+@json_option
+@click.pass_obj
+def policies_replay(obj: dict[str, Any], path: Path, days: int) -> None:
+    """What-if: replay the policy in PATH (TOML policy file with one policy, or JSON) over
+    the recorded calls of the last DAYS days; nothing is changed."""
+    policy = _one_policy(path)
+    data = obj["api"].request("POST", "/api/policies/replay",
+                              json={"policy": policy, "days": days})
+    if obj["json"]:
+        emit(data, True)
+        return
+    click.echo(f"{data['type']} {data['period']} policy over {data['calls']} matching calls "
+               f"of the last {days} days: {data['refused']} refused, {data['warned']} warned; "
+               f"{money(data['allowed_cost'])} allowed, {money(data['refused_cost'])} refused")
+    if data["windows"]:
+        emit(data["windows"], False, ["window", "calls", "allowed", "refused", "warned",
+                                      "allowed_cost", "refused_cost"])
+    if data["truncated"]:
+        click.echo("note: more records than the scan limit; the oldest were left out")
+
+
+def _one_policy(path: Path) -> dict[str, Any]:
+    """The one policy of a JSON file or a TOML policy file."""
+    from budget_proxy.policy_files import dump_policy
+
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CliError(f"{path}: not JSON: {exc}", EXIT_USAGE) from exc
+        if not isinstance(data, dict):
+            raise CliError(f"{path}: a policy is a JSON object", EXIT_USAGE)
+        return data
+    loaded = _load_policy_paths((path,))
+    if len(loaded.policies) != 1:
+        raise CliError(f"{path}: holds {len(loaded.policies)} policies; replay takes one",
+                       EXIT_USAGE)
+    return dump_policy(loaded.policies[0])
 
 
 @policies.command("delete")

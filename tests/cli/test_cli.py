@@ -23,7 +23,7 @@ def test_set_limit_and_status_tables_and_json(live):
     assert made.exit_code == 0 and "daily hard_limit $12.5" in made.output
     alias = invoke(live, "set_limit", "weekly", "5000", "--tokens", "--component", "cli-a",
                    "--policy-type", "warn")
-    assert alias.exit_code == 0 and "weekly warn 5000 tokens" in alias.output
+    assert alias.exit_code == 0 and "weekly warn 5,000 tokens" in alias.output
     table = invoke(live, "status")
     assert table.exit_code == 0
     assert "POLICY_ID" in table.output and "component=cli-a" in table.output

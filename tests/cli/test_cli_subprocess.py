@@ -19,7 +19,7 @@ from tests.conftest import free_port, start_proxy_process
 def test_commands_as_a_user_runs_them(live):
     made = run(live, "set_limit", "daily", "100000", "--tokens", "--component", "sub")
     assert made.returncode == 0, made.stderr
-    assert "daily hard_limit 100000 tokens" in made.stdout
+    assert "daily hard_limit 100,000 tokens" in made.stdout
     alloc = run(live, "--json", "allocate", "create", "--context-id", "sub-task",
                 "--component", "sub", "--tokens", "2000")
     aid = json.loads(alloc.stdout)["allocation_id"]
