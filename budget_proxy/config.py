@@ -71,7 +71,7 @@ PriceSourceKind = Literal["litellm", "openrouter", "file"]
 
 
 class PriceSourceConfig(BaseModel):
-    """One price source (`budget_proxy.price_sources`): where it is, which format, how far it
+    """One price source (`budget_proxy.pricing.sources`): where it is, which format, how far it
     is trusted (default by kind: file 1.0, litellm 0.8, openrouter 0.7)."""
 
     kind: PriceSourceKind
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     @field_validator("price_sources")
     @classmethod
     def _valid_price_sources(cls, value: str | None) -> str | None:
-        from budget_proxy.price_sources import parse_sources_env
+        from budget_proxy.pricing.sources import parse_sources_env
 
         parse_sources_env(value)  # raises naming the bad entry
         return value

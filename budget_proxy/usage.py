@@ -41,11 +41,17 @@ class PriceLike(Protocol):
     @property
     def reasoning_usd_per_mtok(self) -> Decimal | None: ...
     @property
-    def input_cost_per_char(self) -> Decimal | None: ...
+    def cache_read_rate(self) -> Decimal: ...
     @property
-    def cost_per_second(self) -> Decimal | None: ...
+    def cache_write_rate(self) -> Decimal: ...
     @property
-    def fixed_cost_per_request(self) -> Decimal | None: ...
+    def reasoning_rate(self) -> Decimal: ...
+    @property
+    def input_usd_per_char(self) -> Decimal | None: ...
+    @property
+    def usd_per_second(self) -> Decimal | None: ...
+    @property
+    def usd_per_request(self) -> Decimal | None: ...
     @property
     def dearest_image(self) -> Decimal | None: ...
     def image_price(self, size: str, quality: str) -> Decimal | None: ...
@@ -255,9 +261,9 @@ def _units_nusd(usage: Usage, price: PriceLike) -> tuple[Decimal, Decimal]:
     unit the model has no price for costs nothing (it is priced by tokens). An image of no
     named size costs the dearest image price."""
     input_side = _NUSD_PER_USD * (
-        usage.characters * (price.input_cost_per_char or 0)
-        + usage.audio_ms * (price.cost_per_second or 0) / _MS_PER_S
-        + (price.fixed_cost_per_request or 0))
+        usage.characters * (price.input_usd_per_char or 0)
+        + usage.audio_ms * (price.usd_per_second or 0) / _MS_PER_S
+        + (price.usd_per_request or 0))
     per_image = (price.image_price(usage.image_size, usage.image_quality)
                  if usage.image_size else price.dearest_image)
     if per_image is None and usage.images:
@@ -266,23 +272,18 @@ def _units_nusd(usage: Usage, price: PriceLike) -> tuple[Decimal, Decimal]:
 
 
 def cost_of(usage: Usage, price: PriceLike) -> Cost:
-    """Price each token class at its own rate; missing cache/reasoning rates fall back to the
-    input/output rate (how providers without those rates bill them). Characters, seconds of
-    audio, images and the fixed fee of a call are priced by the model's unit prices."""
-    cache_read = price.cache_read_usd_per_mtok
-    cache_write = price.cache_write_usd_per_mtok
-    reasoning = price.reasoning_usd_per_mtok
+    """Price each token class at its own rate; a missing cache or reasoning rate falls back
+    to the input or output rate (`PriceFields`' rule: how providers without those rates bill
+    them). Characters, seconds of audio, images and the fixed fee of a call are priced by
+    the model's unit prices."""
     input_side = (
         _nusd(usage.input_tokens, price.input_usd_per_mtok)
-        + _nusd(usage.cached_input_tokens, price.input_usd_per_mtok if cache_read is None
-                else cache_read)
-        + _nusd(usage.cache_write_tokens, price.input_usd_per_mtok if cache_write is None
-                else cache_write)
+        + _nusd(usage.cached_input_tokens, price.cache_read_rate)
+        + _nusd(usage.cache_write_tokens, price.cache_write_rate)
     )
     plain_output = usage.output_tokens - usage.reasoning_tokens
-    output_side = _nusd(plain_output, price.output_usd_per_mtok) + _nusd(
-        usage.reasoning_tokens, price.output_usd_per_mtok if reasoning is None else reasoning
-    )
+    output_side = (_nusd(plain_output, price.output_usd_per_mtok)
+                   + _nusd(usage.reasoning_tokens, price.reasoning_rate))
     units_in, units_out = _units_nusd(usage, price)
     return Cost(_round(input_side + units_in), _round(output_side + units_out))
 
@@ -293,8 +294,8 @@ def worst_case_nusd(input_tokens: int, max_output_tokens: int, price: PriceLike,
     more than plain input, so the dearer of the two) plus the maximum output at the dearer of
     the output and reasoning rates, plus its `units` (characters, images, seconds of audio:
     the most it can use) at their prices and the fixed fee of a call."""
-    in_rate = max(price.input_usd_per_mtok, price.cache_write_usd_per_mtok or Decimal(0))
-    out_rate = max(price.output_usd_per_mtok, price.reasoning_usd_per_mtok or Decimal(0))
+    in_rate = max(price.input_usd_per_mtok, price.cache_write_rate)
+    out_rate = max(price.output_usd_per_mtok, price.reasoning_rate)
     units_in, units_out = _units_nusd(units or Usage(), price)
     return _round(_nusd(input_tokens, in_rate) + _nusd(max_output_tokens, out_rate)
                   + units_in + units_out)

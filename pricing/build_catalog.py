@@ -476,11 +476,11 @@ def local_entries() -> list[dict[str, Any]]:
 
 
 NO_UNIT_PRICES: dict[str, Any] = {
-    "input_cost_per_char": None,
-    "cost_per_image": None,
-    "cost_per_image_by_size": {},
-    "cost_per_second": None,
-    "fixed_cost_per_request": None,
+    "input_usd_per_char": None,
+    "usd_per_image": None,
+    "usd_per_image_by_size": {},
+    "usd_per_second": None,
+    "usd_per_request": None,
 }
 MEDIA_SOURCE = f"{MANUAL_SOURCE}:openai-pricing-page"
 
@@ -504,19 +504,19 @@ def media_entries() -> list[dict[str, Any]]:
     input character, transcription per second of audio. gpt-image-1 is priced by tokens: text
     input, image output (at most 6240 tokens for one high-quality 1536x1024 image)."""
     return [
-        media_entry("dall-e-2", "image_generation", cost_per_image="0.020",
-                    cost_per_image_by_size={"256x256": "0.016", "512x512": "0.018",
+        media_entry("dall-e-2", "image_generation", usd_per_image="0.020",
+                    usd_per_image_by_size={"256x256": "0.016", "512x512": "0.018",
                                             "1024x1024": "0.020"}),
-        media_entry("dall-e-3", "image_generation", cost_per_image="0.040",
-                    cost_per_image_by_size={
+        media_entry("dall-e-3", "image_generation", usd_per_image="0.040",
+                    usd_per_image_by_size={
                         "standard/1024x1024": "0.040", "standard/1024x1792": "0.080",
                         "standard/1792x1024": "0.080", "hd/1024x1024": "0.080",
                         "hd/1024x1792": "0.120", "hd/1792x1024": "0.120"}),
         media_entry("gpt-image-1", "image_generation", input_rate="5.00", output_rate="40.00",
                     max_output=6240),
-        media_entry("tts-1", "audio_speech", input_cost_per_char="0.000015"),
-        media_entry("tts-1-hd", "audio_speech", input_cost_per_char="0.000030"),
-        media_entry("whisper-1", "audio_transcription", cost_per_second="0.0001"),
+        media_entry("tts-1", "audio_speech", input_usd_per_char="0.000015"),
+        media_entry("tts-1-hd", "audio_speech", input_usd_per_char="0.000030"),
+        media_entry("whisper-1", "audio_transcription", usd_per_second="0.0001"),
     ]
 
 

@@ -399,16 +399,16 @@ def test_unit_price_types(catalog: PriceCatalog, model: str, usage: Usage, expec
     [
         # fixed: $0.01 a call on top of tokens ($1/M in, $2/M out)
         ({"input_usd_per_mtok": "1", "output_usd_per_mtok": "2",
-          "fixed_cost_per_request": "0.01"}, Usage(input_tokens=1000, output_tokens=500),
+          "usd_per_request": "0.01"}, Usage(input_tokens=1000, output_tokens=500),
          1000 * 1000 + 500 * 2000 + 10_000_000, "token"),
         ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
-          "fixed_cost_per_request": "0.005"}, Usage(), 5_000_000, "fixed"),
+          "usd_per_request": "0.005"}, Usage(), 5_000_000, "fixed"),
         ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
-          "cost_per_second": "0.0002"}, Usage(audio_ms=1500), 300_000, "time"),
+          "usd_per_second": "0.0002"}, Usage(audio_ms=1500), 300_000, "time"),
         ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0",
-          "input_cost_per_char": "0.00001"}, Usage(characters=7), 70_000, "character"),
-        ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0", "cost_per_image": "0.05",
-          "cost_per_image_by_size": {"512x512": "0.02"}}, Usage(images=2, image_size="512x512"),
+          "input_usd_per_char": "0.00001"}, Usage(characters=7), 70_000, "character"),
+        ({"input_usd_per_mtok": "0", "output_usd_per_mtok": "0", "usd_per_image": "0.05",
+          "usd_per_image_by_size": {"512x512": "0.02"}}, Usage(images=2, image_size="512x512"),
          40_000_000, "image"),
     ],
 )

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from budget_proxy.config import ConfigError, PriceSourceConfig, Settings, load_settings
-from budget_proxy.price_sources import (
+from budget_proxy.pricing.sources import (
     LITELLM_URL,
     OPENROUTER_URL,
     PriceSource,
@@ -62,6 +62,14 @@ LITELLM_TABLE = {
                      "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
     "dall-e-3": {"litellm_provider": "openai", "mode": "image_generation",
                  "output_cost_per_image": 0.04},
+    "tts-1": {"litellm_provider": "openai", "mode": "audio_speech",
+              "input_cost_per_character": 1.5e-05},
+    "whisper-1": {"litellm_provider": "openai", "mode": "audio_transcription",
+                  "input_cost_per_second": 0.0001, "output_cost_per_second": 0.0001},
+    "dall-e-2": {"litellm_provider": "openai", "mode": "image_generation",
+                 "output_cost_per_image": -1},
+    "tts-1-hd": {"litellm_provider": "openai", "input_cost_per_character": "x"},
+    "whisper-2": {"litellm_provider": "openai", "input_cost_per_second": "1e400"},
 }
 
 OPENROUTER_MODELS = {"data": [
@@ -118,6 +126,7 @@ def test_litellm_adapter():
         "openai/gpt-4o", "openai/o1", "openai/gpt-3.5-turbo-instruct",
         "openai/text-embedding-3-small", "anthropic/claude-3-5-haiku-20241022",
         "gemini/gemini-2.5-pro", "deepseek/deepseek-chat", "groq/openai/gpt-oss-120b",
+        "openai/dall-e-3", "openai/tts-1", "openai/whisper-1",
     }
     assert quotes["openai/gpt-4o"] == Quote("openai", "gpt-4o", D("2.50"), D("10.00"), D("1.25"))
     # a reasoning price equal to the output price says nothing new
@@ -130,6 +139,11 @@ def test_litellm_adapter():
     assert quotes["gemini/gemini-2.5-pro"].cache_write_usd_per_mtok is None
     assert quotes["gemini/gemini-2.5-pro"].cache_read_usd_per_mtok == D("0.125")
     assert quotes["deepseek/deepseek-chat"].cache_write_usd_per_mtok is None
+    # priced by the unit: exact USD; a negative, wrong-typed or infinite price is no quote
+    assert quotes["openai/dall-e-3"].usd_per_image == D("0.04")
+    assert quotes["openai/dall-e-3"].input_usd_per_mtok is None
+    assert quotes["openai/tts-1"].input_usd_per_char == D("0.000015")
+    assert quotes["openai/whisper-1"].usd_per_second == D("0.0001")
 
 
 def test_openrouter_adapter():

@@ -15,16 +15,6 @@ import pytest
 from aiohttp import web
 
 from budget_proxy.events import EventBus
-from budget_proxy.price_sources import PriceSource, Quote
-from budget_proxy.price_update import (
-    PriceUpdater,
-    SourcedQuote,
-    agree,
-    claim_update_slot,
-    match_quotes,
-    unknown_price_hook,
-    verify,
-)
 from budget_proxy.pricing import (
     PRICE_VERSION_KIND,
     ModelPrice,
@@ -33,6 +23,16 @@ from budget_proxy.pricing import (
     PriceVersion,
     PriceWriteError,
     recommend,
+)
+from budget_proxy.pricing.sources import PriceSource, Quote
+from budget_proxy.pricing.update import (
+    PriceUpdater,
+    SourcedQuote,
+    agree,
+    claim_update_slot,
+    match_quotes,
+    unknown_price_hook,
+    verify,
 )
 from budget_proxy.store.sqlite import SqliteStore
 
@@ -82,7 +82,8 @@ def drain(sub) -> list[dict[str, Any]]:
 # verification (pure) ------------------------------------------------------------------------
 def q(source: str, trust: float, **prices: str) -> SourcedQuote:
     return SourcedQuote(source, trust, Quote("openai", "gpt-4o", **{
-        f"{k}_usd_per_mtok": D(v) for k, v in prices.items()}))
+        k if k.startswith("usd_per") else f"{k}_usd_per_mtok": D(v)
+        for k, v in prices.items()}))
 
 
 CURRENT = {"input_usd_per_mtok": D("2.50"), "output_usd_per_mtok": D("10.00"),
@@ -111,6 +112,12 @@ CURRENT = {"input_usd_per_mtok": D("2.50"), "output_usd_per_mtok": D("10.00"),
     # fields only one source quotes are taken from it; trust still adds up
     ([q("litellm", 0.8, input="2.50", cache_write="3.00"), q("openrouter", 0.7, input="2.50")],
      "apply", {"input_usd_per_mtok": "2.50", "cache_write_usd_per_mtok": "3.00"}),
+    # unit prices are verified like token prices
+    ([q("litellm", 0.8, usd_per_second="0.00012"), q("openrouter", 0.7,
+                                                     usd_per_second="0.000121")],
+     "apply", {"usd_per_second": "0.00012"}),
+    ([q("litellm", 0.8, usd_per_image="0.04"), q("file", 0.7, usd_per_image="0.08")],
+     "conflict", None),
     # 0.7 + 0.3 is 0.9999999999999999 in floating point: still enough
     ([q("a", 0.7, input="2.00"), q("b", 0.3, input="2.00")], "apply",
      {"input_usd_per_mtok": "2.00"}),

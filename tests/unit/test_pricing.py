@@ -12,11 +12,13 @@ from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from budget_proxy import pricing
 from budget_proxy.pricing import ModelPrice, PriceCatalog, local_model_billions
+from budget_proxy.pricing import catalog as catalog_module
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG_FILE = REPO / "pricing" / "catalog.json"
@@ -251,7 +253,7 @@ def test_every_entry_is_well_formed(catalog: PriceCatalog):
         for name in (*pricing.PRICE_FIELDS, *pricing.UNIT_PRICE_FIELDS):
             value = getattr(entry, name)
             assert value is None or (value.is_finite() and value >= 0), (entry.model, name)
-        assert all(v.is_finite() and v > 0 for v in entry.cost_per_image_by_size.values())
+        assert all(v.is_finite() and v > 0 for v in entry.usd_per_image_by_size.values())
         if entry.provider in pricing.LOCAL_PROVIDERS:
             assert entry.tier != "remote_heavyweight"
             assert entry.input_usd_per_mtok == entry.output_usd_per_mtok == 0
@@ -298,7 +300,7 @@ def test_catalog_file_format():
 
 
 def test_loads_from_source_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(pricing, "_packaged_catalog", lambda: tmp_path / "missing.json")
+    monkeypatch.setattr(catalog_module, "_packaged_catalog", lambda: tmp_path / "missing.json")
     assert pricing.default_catalog_path() == pricing.SOURCE_CATALOG_PATH
     assert pricing.SOURCE_CATALOG_PATH == CATALOG_FILE
     loaded = PriceCatalog.load_default()
@@ -311,7 +313,7 @@ def test_loads_from_packaged_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     only_one = json.loads(CATALOG_FILE.read_text(encoding="utf-8"))
     only_one["entries"] = [e for e in only_one["entries"] if e["model"] == "gpt-4o"]
     packaged.write_text(json.dumps(only_one), encoding="utf-8")
-    monkeypatch.setattr(pricing, "_packaged_catalog", lambda: packaged)
+    monkeypatch.setattr(catalog_module, "_packaged_catalog", lambda: packaged)
     loaded = PriceCatalog.load_default()
     assert [e.model for e in loaded.entries()] == ["gpt-4o"]
 
@@ -321,7 +323,7 @@ def test_packaged_path_matches_wheel_layout():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     force_include = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert force_include["pricing"] == "budget_proxy/_pricing"
-    assert str(pricing._packaged_catalog()).endswith("budget_proxy/_pricing/catalog.json")
+    assert str(catalog_module._packaged_catalog()).endswith("budget_proxy/_pricing/catalog.json")
 
 
 def test_model_price_is_frozen_and_exact():
@@ -532,3 +534,58 @@ def test_builder_folds_snapshots_and_applies_conventions():
     assert {m for p, m in entries if p == "ollama"} == {"*", "*>8b"}
     for entry in entries.values():
         ModelPrice.model_validate(entry)
+
+
+# the seed's price types ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "price_type", "seed"),
+    [
+        ("dall-e-3", "image", {"cost_per_image": 0.04, "usd_per_image": "0.040"}),
+        ("tts-1", "character", {"input_cost_per_char": 0.000015,
+                                "input_usd_per_char": "0.000015"}),
+        ("whisper-1", "time", {"cost_per_second": 0.0001, "usd_per_second": "0.0001"}),
+        ("gpt-image-1", "token", {"cost_per_image": 0.0, "usd_per_image": None,
+                                  "output_usd_per_mtok": "40.00"}),
+        ("gpt-4o", "token", {"fixed_cost_per_request": 0.0, "usd_per_request": None}),
+    ],
+)
+def test_price_views_show_every_price_type(model, price_type, seed):
+    book = pricing.PriceBook(PriceCatalog.load_default().entries())
+    (view,) = book.current_prices(provider="openai", model=model)
+    assert view["price_type"] == price_type
+    assert {k: view[k] for k in seed} == seed
+    if model == "dall-e-3":
+        assert view["usd_per_image_by_size"]["hd/1792x1024"] == "0.120"
+
+
+def test_a_price_version_of_any_type_round_trips_and_old_documents_read():
+    version = pricing.PriceVersion(
+        pricing_id="openai/whisper-1#v1", seq=1, provider="openai", model="whisper-1",
+        input_usd_per_mtok="0", output_usd_per_mtok="0", usd_per_second="0.00012",
+        usd_per_image_by_size={"1024x1024": "0.05"}, effective_date="2026-01-01T00:00:00Z",
+        source="manual", created_at="2026-01-01T00:00:00Z")
+    again = pricing.PriceVersion.model_validate_json(version.model_dump_json())
+    assert again == version and again.price_type == "image"
+    assert again.to_price().usd_per_second == Decimal("0.00012")
+    old = orjson.loads(version.model_dump_json())
+    old["price_type"] = "token"  # written before every price type existed
+    for key in (*pricing.UNIT_PRICE_FIELDS, "usd_per_image_by_size"):
+        old.pop(key)
+    assert pricing.PriceVersion.model_validate(old).price_type == "token"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"usd_per_second": 0.1},  # a float
+        {"usd_per_image": "-1"},
+        {"usd_per_image_by_size": {"1024x1024": 0.5}},
+        {"usd_per_image_by_size": {"1024x1024": "-0.5"}},
+        {"usd_per_image_by_size": ["0.5"]},
+        {"input_usd_per_char": "abc"},
+        {"usd_per_request": True},
+    ],
+)
+def test_unit_prices_are_exact_and_not_negative(fields):
+    with pytest.raises(ValidationError):
+        pricing.PriceFields(input_usd_per_mtok="0", output_usd_per_mtok="0", **fields)
