@@ -1,10 +1,11 @@
 """The inline path: identify, parse, estimate, reserve, forward, tap usage, settle, record.
 
-`Proxy.handle` is the aiohttp handler for every provider route. Metered calls (chat,
-responses, completions, embeddings, messages) hold a reservation from before the upstream call
-until settlement; the settlement runs in a task the handler only awaits through
-`asyncio.shield`, so a client hanging up (and the handler being cancelled) cannot lose it.
-Everything else under a provider's prefix is free (forwarded as is) or refused
+`Proxy.handle` is the aiohttp handler for every provider route. The proxy knows no API
+family: the provider's adapter (`budget_proxy.providers`) says which calls are metered and
+what each asks for, and reads its usage. Metered calls hold a reservation from before the
+upstream call until settlement; the settlement runs in a task the handler only awaits
+through `asyncio.shield`, so a client hanging up (and the handler being cancelled) cannot
+lose it. Everything else under a provider's prefix is free (forwarded as is) or refused
 (`budget_proxy.routing` decides which, from the canonical path).
 """
 
