@@ -3,6 +3,8 @@ figures read from its counter."""
 
 from __future__ import annotations
 
+import pytest
+
 from budget_proxy.allocations import (
     AllocationHold,
     AllocationState,
@@ -52,3 +54,28 @@ def test_live_figures_while_active_and_after_closing():
     assert (active.tokens_used, active.tokens_reserved, active.remaining_tokens) == (300, 100, 600)
     closed = alloc(state=AllocationState.RELEASED).with_totals(Totals(spent_tokens=1300))
     assert (closed.tokens_used, closed.remaining_tokens) == (300, 0)  # the close adds N
+
+
+@pytest.mark.parametrize(
+    ("alloc_fields", "scope", "draws"),
+    [
+        ({}, ("anthropic", "claude-opus-4", "remote_heavyweight"), True),
+        ({"tier": "local_lightweight"}, ("ollama", "llama3.2:1b", "local_lightweight"), True),
+        # the issue's case: a local_lightweight allocation is not drawn by a claude-opus call
+        ({"tier": "local_lightweight"}, ("anthropic", "claude-opus-4", "remote_heavyweight"),
+         False),
+        ({"provider": "openai"}, ("openai", "gpt-4o", None), True),
+        ({"provider": "openai"}, ("anthropic", "gpt-4o", None), False),
+        ({"model": "gpt-4o-mini"}, ("openai", "gpt-4o", None), False),
+        ({"model": "gpt-4o-mini", "provider": "openai"}, ("openai", "gpt-4o-mini", None), True),
+    ],
+)
+def test_allocations_are_drawn_only_inside_their_tier_provider_and_model(alloc_fields, scope,
+                                                                         draws):
+    from budget_proxy.allocations import BudgetAllocation, covers
+    from budget_proxy.enforcement import RequestScope
+
+    alloc = BudgetAllocation(context_id="c", component="c", tokens_allocated=10, **alloc_fields)
+    provider, model, tier = scope
+    assert covers(alloc, RequestScope(provider, model, "c", tier=tier)) is draws
+    assert covers(alloc, None) is True

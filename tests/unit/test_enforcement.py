@@ -5,12 +5,15 @@ import pytest
 
 from budget_proxy.enforcement import (
     CounterLine,
+    PastCall,
     RateRemaining,
     RequestScope,
     Totals,
     counter_lines,
+    matching_spend,
     policy_matches,
     rate_remaining,
+    replay,
     shadow_refusals,
     soft_limit_move,
     tightest_remaining,
@@ -233,3 +236,49 @@ def test_key_budgets_match_only_their_key():
     assert policy_matches(keyed, RequestScope("openai", "gpt-4o", "billing", key_id="vk_1"))
     assert not policy_matches(keyed, RequestScope("openai", "gpt-4o", "billing", key_id="vk_2"))
     assert not policy_matches(keyed, SCOPE)  # no key: not this key's budget
+
+
+def call(at: datetime, cost_nusd: int, provider: str = "openai", tokens: int = 10) -> PastCall:
+    return PastCall(RequestScope(provider, "gpt-4o", "billing"), at, cost_nusd, tokens)
+
+
+DAY1, DAY2 = datetime(2026, 11, 20, 9, tzinfo=UTC), datetime(2026, 11, 21, 9, tzinfo=UTC)
+SEEDED = [call(DAY1, 400), call(DAY1, 400), call(DAY1, 400), call(DAY1, 900, "anthropic"),
+          call(DAY2, 500)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "per_window"),
+    [
+        # hard: 400 (40%), 800 (80%, warned), 1200 > 1000 refused; day 2: 500
+        ({"type": "hard_limit"}, [("d:20261120", 3, 2, 1, 1, 800, 400),
+                                  ("d:20261121", 1, 1, 0, 0, 500, 0)]),
+        ({"type": "shadow"}, [("d:20261120", 3, 2, 1, 1, 800, 400),
+                              ("d:20261121", 1, 1, 0, 0, 500, 0)]),
+        # warn never refuses: 800 and 1200 warned
+        ({"type": "warn"}, [("d:20261120", 3, 3, 0, 2, 1200, 0),
+                            ("d:20261121", 1, 1, 0, 0, 500, 0)]),
+        ({"type": "ignore"}, [("d:20261120", 3, 3, 0, 0, 1200, 0),
+                              ("d:20261121", 1, 1, 0, 0, 500, 0)]),
+        # two calls a day: the second is at 100% (warned), the third refused
+        ({"cost_limit": None, "request_limit": 2}, [("d:20261120", 3, 2, 1, 1, 800, 400),
+                                                    ("d:20261121", 1, 1, 0, 0, 500, 0)]),
+        ({"period": "weekly"}, [("w:20261116", 4, 2, 2, 1, 800, 900)]),
+        ({"provider": "anthropic"}, [("d:20261120", 1, 1, 0, 1, 900, 0)]),  # 90%: warned
+    ],
+)
+def test_replay_by_hand(fields, per_window):
+    base = {"policy_id": "p", "provider": "openai", "cost_limit": 1e-6}
+    policy = BudgetPolicy(**{**base, **fields})
+    got = [(w.window_id, w.calls, w.allowed, w.refused, w.warned, w.allowed_nusd,
+            w.refused_nusd) for w in replay(policy, SEEDED, UTC_Z)]
+    assert got == per_window
+
+
+def test_matching_spend_counts_only_the_current_window_and_scope():
+    now = datetime(2026, 11, 20, 18, tzinfo=UTC)
+    key, found = matching_spend(policy(policy_id="p", provider="openai"), SEEDED, now, UTC_Z)
+    assert key == "p:d:20261120"
+    assert (found.spent_nusd, found.spent_tokens, found.requests) == (1200, 30, 3)
+    assert matching_spend(policy(period=Period.PER_SESSION), SEEDED, now, UTC_Z) == (
+        None, Totals())
