@@ -14,6 +14,7 @@ import pytest
 
 from budget_proxy.config import ProviderConfig
 from budget_proxy.models import MAX_CALL_TOKENS
+from budget_proxy.testing.fake_provider import RawAnswer
 
 AZURE_KEY = "azure-proxy-held"
 GEMINI_KEY = "gemini-proxy-held"
@@ -299,3 +300,64 @@ async def test_query_strings_are_forwarded_raw(families, fake):
             json={"messages": [{"role": "user", "content": "x"}]})
     assert [r.query for r in fake.requests] == ["after=a%26b&limit=2",
                                                 "api-version=2024-10-21&x=%26y%3D"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        # closed without an answer (twice: the client retries an idempotent GET once)
+        (RawAnswer(raw=b""), "unreachable"),
+        (RawAnswer(raw=b"HTTP/1.1 2OO OK\r\n\r\n"), "could not be read"),
+        (RawAnswer(headers={"Content-Encoding": "gzip"}, body=b"not gzip"),
+         "could not be read"),
+    ],
+    ids=["closed", "garbage-status", "bad-encoding"],
+)
+async def test_a_free_route_answers_a_broken_upstream_502_in_the_provider_format(
+        proxy, fake, answer, code):
+    fake.raw_next = [answer, answer]
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.get(f"{proxy.url}/anthropic/v1/models")
+    assert resp.status_code == 502
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["error"]["message"].startswith("upstream anthropic")
+    assert code in body["error"]["message"]
+
+
+async def test_a_free_route_broken_after_its_first_bytes_is_cut_at_the_client(proxy, fake):
+    fake.raw_next = [RawAnswer(headers={"Content-Type": "application/json"},
+                               chunks=[b'{"data": [', b'{"id": "a"},'], close="abort")]
+    async with httpx.AsyncClient(timeout=10) as http:
+        with pytest.raises(httpx.HTTPError):
+            await http.get(f"{proxy.url}/v1/models")
+    assert fake.requests[0].path == "/v1/models"
+
+
+@pytest.mark.parametrize(
+    ("api", "key_required", "env", "status"),
+    [
+        ("ollama", None, None, 200),  # a local runtime needs no key
+        ("ollama", True, None, 503),  # unless its table says so
+        ("ollama", True, "LOCAL_KEY", 200),
+        ("openai", None, None, 503),  # a hosted family needs one
+        ("openai", False, None, 200),  # an OpenAI-shaped local server may say it does not
+    ],
+)
+async def test_which_providers_need_a_key(proxy_factory, fake, monkeypatch, api, key_required,
+                                          env, status):
+    monkeypatch.setenv("LOCAL_KEY", "local-secret")
+    local = ProviderConfig(name="local", base_url=fake.url if api == "ollama" else
+                           f"{fake.url}/v1", api=api, api_key_env=env,
+                           key_required=key_required)
+    proxy = await proxy_factory(providers={"local": local})
+    path = "/local/api/tags" if api == "ollama" else "/local/v1/models"
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.get(f"{proxy.url}{path}")
+    assert resp.status_code == status, resp.text
+    if status == 503:
+        assert "provider_key_missing" in resp.text or "no API key" in resp.text
+        assert fake.requests == []
+    if env and status == 200:
+        assert fake.last.headers.get("authorization") == "Bearer local-secret"
