@@ -186,7 +186,7 @@ async def aggregate_usage(
     on_the_hour = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0) == since
     if (isinstance(store, UsageLedger) and on_the_hour
             and all(set(g) <= ROLLUP_FIELDS for g in groupings)):
-        rows = await store.hourly(since, until, provider, component, model)
+        rows = await store.hourly(since, until, provider, component, model, period, tz.key)
         if rows is not None:
             for row in rows:
                 for agg in aggs:

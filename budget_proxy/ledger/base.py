@@ -23,7 +23,8 @@ MAX_INT64 = 2**63 - 1  # rollup sums are clamped here (never an overflow that st
 
 @dataclass(frozen=True, slots=True)
 class HourlyRow:
-    """Totals of one hour (UTC) for one (provider, model, component), in exact units;
+    """Totals of one hour (or of one window of a longer period, `hour` its start) for one
+    (provider, model, component), in exact units;
     `input_tokens` counts cached and cache-write input too (as `reporting.Tally` does);
     `total_nusd` is what the counters were charged (a dead hold's charge has no split)."""
 
@@ -64,8 +65,8 @@ class UsageLedger(Protocol):
     async def list_usage(self, query: UsageQuery) -> list[UsageRecord]: ...
 
     async def hourly(self, since: datetime, until: datetime, provider: str | None = None,
-                     component: str | None = None, model: str | None = None
-                     ) -> list[HourlyRow] | None: ...
+                     component: str | None = None, model: str | None = None,
+                     period: str = "hourly", tz: str = "UTC") -> list[HourlyRow] | None: ...
 
 
 class BadRecord(ValueError):

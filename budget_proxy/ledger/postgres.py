@@ -64,6 +64,7 @@ WITH rows AS (
 )
 SELECT count(*) FROM ins
 """
+WINDOW_UNITS = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}
 FILTER_COLUMNS = ("component", "provider", "model", "context_id", "session_id")
 
 
@@ -79,6 +80,10 @@ class PostgresLedger:
         self._pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
+        """Open the pool and migrate; a no-op once started (the store and its hand-off both
+        start it: whichever comes first)."""
+        if self._pool is not None:
+            return
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.pool_max, command_timeout=60,
@@ -175,19 +180,25 @@ class PostgresLedger:
         return [UsageRecord.model_validate_json(r[0]) for r in rows]
 
     async def hourly(self, since: datetime, until: datetime, provider: str | None = None,
-                     component: str | None = None, model: str | None = None
-                     ) -> list[HourlyRow] | None:
-        """Rollup rows of the hours from the one holding `since` to the one holding `until`."""
+                     component: str | None = None, model: str | None = None,
+                     period: str = "hourly", tz: str = "UTC") -> list[HourlyRow] | None:
+        """Rollups of the hours from the one holding `since` to the one holding `until`,
+        summed per calendar window of `period` in `tz` (`hour` is the window's start): a
+        month of a million records is a few hundred rows to the caller."""
+        unit = WINDOW_UNITS[period]
         clauses = ["hour >= date_trunc('hour', $1::timestamptz)", "hour <= $2"]
-        params: list[Any] = [since, until]
+        params: list[Any] = [since, until, unit, tz, MAX_INT64]
         for column, value in (("provider", provider), ("component", component),
                               ("model", model)):
             if value is not None:
                 params.append(safe_text(value))
                 clauses.append(f"{column} = ${len(params)}")
-        sql = ("SELECT hour, provider, model, component, requests, input_tokens, "
-               "output_tokens, total_tokens, input_nusd, output_nusd, total_nusd "
-               f"FROM usage_hourly WHERE {' AND '.join(clauses)} ORDER BY hour")
+        sums = ", ".join(f"LEAST(sum({c}), $5)::bigint" for c in (
+            "requests", "input_tokens", "output_tokens", "total_tokens", "input_nusd",
+            "output_nusd", "total_nusd"))
+        sql = (f"SELECT date_trunc($3, hour AT TIME ZONE $4) AT TIME ZONE $4 AS start, "
+               f"provider, model, component, {sums} FROM usage_hourly "
+               f"WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3, 4 ORDER BY 1")
         rows = await self._run(lambda c: c.fetch(sql, *params))
         return [HourlyRow(*r) for r in rows]
 

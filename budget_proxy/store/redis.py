@@ -660,12 +660,12 @@ class RedisStore(Store):
         return await list_records(self, query)
 
     async def hourly(self, since: datetime, until: datetime, provider: str | None = None,
-                     component: str | None = None, model: str | None = None
-                     ) -> list[HourlyRow] | None:
-        """The ledger's hourly rollups; None without a ledger (readers sum the records)."""
+                     component: str | None = None, model: str | None = None,
+                     period: str = "hourly", tz: str = "UTC") -> list[HourlyRow] | None:
+        """The ledger's rollups; None without a ledger (readers sum the records)."""
         if self.ledger is None:
             return None
-        return await self.ledger.hourly(since, until, provider, component, model)
+        return await self.ledger.hourly(since, until, provider, component, model, period, tz)
 
     async def trim_records(self) -> int:
         """Drop Redis usage records past the retention (without a ledger)."""
