@@ -6,7 +6,8 @@ host crash (AOF `everysec` loses up to a second) or a failover can set back. `sp
 proxy would have charged them (`enforcement.counter_lines` on each record's scope);
 `rebuild` writes those figures into the counters; `DriftCheck` compares and alerts.
 
-Limits: allocation counters and request counts are not rebuilt (the ledger keeps spend, not
+Request counts (`q`) are set to the ledger's settled calls (holds in flight at that moment
+are not counted). Limits: allocation counters are not rebuilt (the ledger keeps spend, not
 holds); a settlement landing between the ledger read and the counter write is overwritten,
 so rebuild with traffic stopped or accept the calls of that moment.
 """
@@ -123,7 +124,8 @@ async def rebuild(store: RedisStore, ledger: PostgresLedger, tz: ZoneInfo, tier_
             async with store.client.pipeline(transaction=False) as pipe:
                 for r in rebuilt:
                     name = K.counter(r.key)
-                    pipe.hset(name, mapping={"sn": r.spent_nusd, "st": r.spent_tokens})
+                    pipe.hset(name, mapping={"sn": r.spent_nusd, "st": r.spent_tokens,
+                                             "q": r.requests})
                     if r.expire_at_ms:
                         pipe.pexpireat(name, r.expire_at_ms)
                     else:

@@ -128,7 +128,8 @@ async def test_rebuild_after_flushall_restores_spent(
         assert result.exit_code == 0, result.output
         assert "2 counters rebuilt" in result.output
         after = await store.totals(keys)
-        assert [(t.spent_nusd, t.spent_tokens) for t in after] == [(total, 400)] * 2
+        assert [(t.spent_nusd, t.spent_tokens, t.requests) for t in after] == [
+            (total, 400, 40)] * 2
     finally:
         await store.close()
 
