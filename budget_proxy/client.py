@@ -37,6 +37,7 @@ from budget_proxy.schemas import (
     HealthStatus,
     ModelRecommendation,
     Optimization,
+    PolicyWritten,
     RecordedUsage,
     Report,
     StatusReport,
@@ -163,10 +164,10 @@ class _calls:  # a namespace of call builders shared by both clients
 
     @staticmethod
     def set_limit(period: str, limit: float, *, tokens: bool, policy_type: str,
-                  **scope: Any) -> _Call[BudgetPolicy]:
+                  **scope: Any) -> _Call[PolicyWritten]:
         body = _clean({"period": period, "type": policy_type, **scope})
         body["token_limit" if tokens else "cost_limit"] = int(limit) if tokens else limit
-        return _Call("POST", "/api/policies", _model(BudgetPolicy), json=body)
+        return _Call("POST", "/api/policies", _model(PolicyWritten), json=body)
 
     @staticmethod
     def allocate(context_id: str, component: str, tokens: int, **kw: Any
@@ -243,7 +244,7 @@ class BudgetClient(_Base):
         return self._run(_calls.get("/api/status", StatusReport))
 
     def set_limit(self, period: str, limit: float, *, tokens: bool = False,
-                  policy_type: str = "hard_limit", **scope: Any) -> BudgetPolicy:
+                  policy_type: str = "hard_limit", **scope: Any) -> PolicyWritten:
         """A policy: scope keywords provider, component, model, tier, task_type, name,
         fallback_model, budget_id, warning_threshold, action_threshold."""
         return self._run(_calls.set_limit(period, limit, tokens=tokens,
@@ -382,7 +383,7 @@ class AsyncBudgetClient(_Base):
         return await self._run(_calls.get("/api/status", StatusReport))
 
     async def set_limit(self, period: str, limit: float, *, tokens: bool = False,
-                        policy_type: str = "hard_limit", **scope: Any) -> BudgetPolicy:
+                        policy_type: str = "hard_limit", **scope: Any) -> PolicyWritten:
         return await self._run(_calls.set_limit(period, limit, tokens=tokens,
                                                 policy_type=policy_type, **scope))
 

@@ -26,9 +26,9 @@ EXAMPLES = Path(__file__).parents[2] / "policies" / "examples"
 @pytest.mark.parametrize(("fixture", "key", "reason"), [
     ("bad_toml.toml", "invalid TOML", "line 2"),
     ("unknown_key.toml", "policy.daily.cost_limt", "Extra inputs are not permitted"),
-    ("bad_period.toml", "policy.daily.period", "Input should be 'hourly'"),
+    ("bad_period.toml", "policy.daily.period", "Input should be 'minutely', 'hourly'"),
     ("negative_limit.toml", "policy.daily.cost_limit", "greater than or equal to 0"),
-    ("no_limit.toml", "policy.daily", "needs cost_limit or token_limit"),
+    ("no_limit.toml", "policy.daily", "needs cost_limit, token_limit or request_limit"),
     ("bad_threshold.toml", "policy.daily.warning_threshold", "less than or equal to 1"),
     ("unknown_table.toml", "policies", "unknown key"),
     ("bad_id.toml", "policy.daily budget!", "id must be"),
