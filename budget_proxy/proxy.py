@@ -366,6 +366,17 @@ class Proxy:
                 api, 400, f"model {model!r} (provider {provider.name}) has no price in the "
                 "budget proxy's catalog; unpriced models are refused (BUDGET_UNKNOWN_PRICE="
                 "refuse)", code="unknown_model_price")
+        tools = [tool for tool, _ in plan.units.tool_calls]
+        if tools:
+            priced = self.catalog.with_tool_fees(price, tools, priced_as,
+                                                 self.settings.unknown_price)
+            if priced is None:
+                return self.error(
+                    api, 400, f"model {model!r} (provider {provider.name}) has no price in "
+                    f"the budget proxy's catalog for a call of {', '.join(tools)}; unpriced "
+                    "tools are refused (BUDGET_UNKNOWN_PRICE=refuse)",
+                    code="unknown_model_price")
+            price = priced
         now = self.store.now()
         planned = await self.plan_lines(request, api, provider.name, model, price, who, now)
         if isinstance(planned, web.Response):
@@ -388,6 +399,9 @@ class Proxy:
             moved, soft_notes = soft_limit_move(self.policies.by_id, lines, before)
             notes.extend(soft_notes)
             moved_price = self.price_for(priced_as, moved) if moved and moved != model else None
+            if moved_price is not None and tools:
+                moved_price = self.catalog.with_tool_fees(moved_price, tools, priced_as,
+                                                          self.settings.unknown_price)
             moved_plan = adapter.with_model(plan, moved) if moved and moved_price else None
             if moved and moved_price is not None and moved_plan is not None:
                 if result.ok:

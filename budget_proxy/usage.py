@@ -20,6 +20,7 @@ untrusted, so the call is settled from the proxy's own count instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
@@ -54,6 +55,8 @@ class PriceLike(Protocol):
     def usd_per_request(self) -> Decimal | None: ...
     @property
     def dearest_image(self) -> Decimal | None: ...
+    @property
+    def usd_per_tool_call(self) -> Mapping[str, Decimal]: ...
     def image_price(self, size: str, quality: str) -> Decimal | None: ...
 
 
@@ -72,6 +75,8 @@ class Usage:
     image_size: str = ""
     image_quality: str = ""
     audio_ms: int = 0
+    # calls of built-in tools, by tool name (`web_search`: 2), sorted
+    tool_calls: tuple[tuple[str, int], ...] = ()
     # why figures were clamped or replaced (`USAGE_FLAGS`); a flagged record raises an alert
     flags: tuple[str, ...] = ()
     # False when a main count (input or output) was unusable: the call is settled from the
@@ -260,10 +265,13 @@ def _units_nusd(usage: Usage, price: PriceLike) -> tuple[Decimal, Decimal]:
     """(input side, output side) of the prices by character, second, image and request; a
     unit the model has no price for costs nothing (it is priced by tokens). An image of no
     named size costs the dearest image price."""
+    tool_fees = price.usd_per_tool_call
     input_side = _NUSD_PER_USD * (
         usage.characters * (price.input_usd_per_char or 0)
         + usage.audio_ms * (price.usd_per_second or 0) / _MS_PER_S
-        + (price.usd_per_request or 0))
+        + (price.usd_per_request or 0)
+        + sum((count * tool_fees.get(tool, 0) for tool, count in usage.tool_calls),
+              Decimal(0)))
     per_image = (price.image_price(usage.image_size, usage.image_quality)
                  if usage.image_size else price.dearest_image)
     if per_image is None and usage.images:

@@ -442,6 +442,7 @@ def to_entry(model: str, grp: Group) -> dict[str, Any]:
         "cache_write_usd_per_mtok": head.prices["cache_write"],
         "reasoning_usd_per_mtok": head.prices["reasoning"],
         **NO_UNIT_PRICES,
+        "usd_per_tool_call": TOOL_FEES.get((grp.provider, model), {}),
         "context_window_tokens": head.context_window,
         "max_output_tokens": head.max_output,
         "tier": "remote_heavyweight",
@@ -481,6 +482,20 @@ NO_UNIT_PRICES: dict[str, Any] = {
     "usd_per_image_by_size": {},
     "usd_per_second": None,
     "usd_per_request": None,
+    "usd_per_tool_call": {},
+}
+# Responses API built-in tools billed per call (USD), from OpenAI's pricing page: file
+# search $2.50 and web search $10 per 1,000 calls; the older web_search_preview $25 per
+# 1,000 with the non-reasoning models. A model not listed has no fee here: a call enabling
+# such a tool follows the unknown-price rule.
+_FILE_SEARCH = {"file_search": "0.0025"}
+_WEB_SEARCH = {"web_search": "0.010", **_FILE_SEARCH}
+TOOL_FEES: dict[tuple[str, str], dict[str, str]] = {
+    **{("openai", m): {**_WEB_SEARCH, "web_search_preview": "0.025"}
+       for m in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini")},
+    **{("openai", m): {**_WEB_SEARCH, "web_search_preview": "0.010"}
+       for m in ("o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano")},
+    ("openai", "gpt-4.1-nano"): _FILE_SEARCH,
 }
 MEDIA_SOURCE = f"{MANUAL_SOURCE}:openai-pricing-page"
 

@@ -365,6 +365,7 @@ def price_fields_view(price: PriceFields) -> dict[str, Any]:
         **{seed: float(getattr(price, f) or 0) for f, seed in SEED_UNIT_NAMES.items()},
         "output_cost_per_char": 0.0,
         "usd_per_image_by_size": {k: str(v) for k, v in price.usd_per_image_by_size.items()},
+        "usd_per_tool_call": {k: str(v) for k, v in price.usd_per_tool_call.items()},
         "input_cost_per_token": float(input_rate / _MTOK),
         "output_cost_per_token": float(output_rate / _MTOK),
         "cache_read_cost_per_token": float(read / _MTOK),

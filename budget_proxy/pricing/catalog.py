@@ -229,6 +229,30 @@ class PriceCatalog:
             self._ceilings[key] = _ceiling_price(key, self._entries)
         return self._ceilings[key]
 
+    def with_tool_fees(self, price: ModelPrice, tools: Iterable[str], provider: str,
+                       rule: UnknownPriceRule) -> ModelPrice | None:
+        """`price` able to price a call of each of `tools` (built-in tools billed per call).
+        A fee the model's price lacks follows the unknown-price rule: None under ``refuse``;
+        else the dearest fee the catalog knows for that tool (for any tool when it knows
+        none for that one), never $0, its first sighting logged and handed to `on_unknown`
+        (as ``model:tool``). None too when the catalog knows no tool fee at all."""
+        fees = dict(price.usd_per_tool_call)
+        missing = [tool for tool in tools if tool not in fees]
+        if not missing:
+            return price
+        if rule == "refuse":
+            return None
+        for tool in missing:
+            known = [f for e in self._entries for t, f in e.usd_per_tool_call.items()
+                     if t == tool] or [f for e in self._entries
+                                       for f in e.usd_per_tool_call.values()]
+            if not known:
+                return None
+            fees[tool] = max(known)
+            if (provider, f"{price.model}:{tool}") not in self._unknown_seen:
+                self._first_unknown(provider, f"{price.model}:{tool}", rule)
+        return price.model_copy(update={"usd_per_tool_call": fees})
+
     def find_exact(self, provider: str, name: str) -> ModelPrice | None:
         """The entry whose model name or alias is exactly ``name`` under ``provider``: no
         suffix stripping, no other provider. Price updates and manual prices match with this,

@@ -59,7 +59,8 @@ class PriceFields(BaseModel):
     at the input rate, reasoning tokens at the output rate (the one fallback rule,
     `usage.cost_of`). The seed's other price types (`UNIT_PRICE_FIELDS`) are exact USD per
     unit; ``usd_per_image_by_size`` prices an image by ``"size"`` or ``"quality/size"``
-    (``"hd/1024x1792"``), ``usd_per_image`` any other image.
+    (``"hd/1024x1792"``), ``usd_per_image`` any other image; ``usd_per_tool_call`` a call of
+    a built-in tool by its name (``web_search``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -74,6 +75,8 @@ class PriceFields(BaseModel):
     usd_per_image_by_size: dict[str, Price] = Field(default_factory=dict)
     usd_per_second: Price | None = None
     usd_per_request: Price | None = None
+    # USD per call of a built-in tool (Responses API: `web_search`, `file_search`, ...)
+    usd_per_tool_call: dict[str, Price] = Field(default_factory=dict)
     context_window_tokens: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
     tier: Tier = "remote_heavyweight"
@@ -85,7 +88,7 @@ class PriceFields(BaseModel):
         """Refuse floats: 0.1 as a float is not 0.1, and prices must add up exactly."""
         return _refuse_floats(value)
 
-    @field_validator("usd_per_image_by_size", mode="before")
+    @field_validator("usd_per_image_by_size", "usd_per_tool_call", mode="before")
     @classmethod
     def _no_binary_float_images(cls, value: Any) -> Any:
         if isinstance(value, dict):

@@ -11,6 +11,7 @@ call settled from what the answer reports (images returned, `duration`, `usage`)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from math import ceil
 from typing import Any, ClassVar
@@ -53,6 +54,12 @@ DEFAULT_IMAGE_MODEL = "dall-e-2"
 DEFAULT_IMAGE_SIZE = "1024x1024"
 MEDIA_ENDPOINTS = frozenset({*IMAGE_ENDPOINTS, "audio.speech", *AUDIO_IN_ENDPOINTS})
 MAX_AUDIO_S = 24 * 3600  # a reported duration beyond a day is not read
+# built-in tools of the Responses API billed per call, and the output item each call is
+BILLED_TOOLS = ("web_search", "web_search_preview", "file_search")
+TOOL_CALL_ITEMS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+# calls of one tool held for a request that does not cap them (`max_tool_calls`)
+WORST_TOOL_CALLS = 10
+_DATED = re.compile(r"_\d{4}_\d{2}_\d{2}$")
 
 # the request fields that cap the output, per endpoint (first present wins)
 OUTPUT_CAPS: dict[str, tuple[str, ...]] = {
@@ -83,6 +90,8 @@ class OpenAITap(UsageTap):
         usage = body.get("usage")
         if usage is not None:
             self.usage = from_openai(usage, output_expected=self.endpoint != "embeddings")
+            if self.endpoint == "responses":
+                self.usage = self._with_tool_calls(self.usage, body)
         model = body.get("model")
         if isinstance(model, str):
             self.model = model
@@ -154,9 +163,22 @@ class OpenAITap(UsageTap):
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             response = as_dict(payload.get("response"))
             if response.get("usage") is not None:
-                self.usage = from_openai(response["usage"])
+                self.usage = self._with_tool_calls(from_openai(response["usage"]), response)
             if isinstance(response.get("model"), str):
                 self.model = response["model"]
+
+    def _with_tool_calls(self, usage: Usage, response: dict[str, Any]) -> Usage:
+        """A Responses answer's usage with its built-in tool calls (its `output` items), each
+        named as the request named the tool (`web_search_preview`)."""
+        asked = dict(self.units.tool_calls)
+        counts: dict[str, int] = {}
+        for item in as_list(response.get("output")):
+            tool = TOOL_CALL_ITEMS.get(str(as_dict(item).get("type")))
+            if tool is None:
+                continue
+            named = next((t for t in asked if t.startswith(tool)), tool)
+            counts[named] = counts.get(named, 0) + 1
+        return replace(usage, tool_calls=tuple(sorted(counts.items()))) if counts else usage
 
 
 def requested_max_output(endpoint: str, body: dict[str, Any]) -> int | None:
@@ -204,6 +226,17 @@ def plan_media(endpoint: str, raw: bytes, model: str | None) -> Plan:
                 units=Usage(audio_ms=hold_ms), expected_units=Usage(audio_ms=expected_ms))
 
 
+def tool_calls_asked(body: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """The built-in tools billed per call a Responses request enables, each with the most
+    calls it may make (`max_tool_calls`, else `WORST_TOOL_CALLS`); dated names
+    (`web_search_preview_2025_03_11`) count as their tool."""
+    names = {_DATED.sub("", kind) for tool in as_list(body.get("tools"))
+             if isinstance(kind := as_dict(tool).get("type"), str)}
+    cap = whole(body.get("max_tool_calls"))
+    most = WORST_TOOL_CALLS if cap is None else cap
+    return tuple((name, most) for name in BILLED_TOOLS if name in names and most)
+
+
 def plan_openai(endpoint: str, body: dict[str, Any], model: str) -> Plan:
     """The plan of an OpenAI-shaped JSON request whose model is known."""
     streaming = body.get("stream") is True
@@ -219,6 +252,7 @@ def plan_openai(endpoint: str, body: dict[str, Any], model: str) -> Plan:
         max_output_tokens=requested_max_output(endpoint, body),
         choices=choices_of(body.get("n")) if endpoint in CHOICE_ENDPOINTS else 1,
         strip_usage=strip_usage, rewritten=rewritten,
+        units=Usage(tool_calls=tool_calls_asked(body)) if endpoint == "responses" else Usage(),
     )
 
 

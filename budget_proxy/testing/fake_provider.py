@@ -996,13 +996,14 @@ class _Handler:
             "role": "assistant",
         }
         usage = self._responses_usage(plan)
+        done_output = [*_builtin_tool_calls(body, rid), item_done]
         if not rec.stream:
             self._note_usage(rec, plan)
             rec.completed = True
             return self._json(
                 "openai",
                 rid,
-                self._response_object(plan, body, "completed", [item_done], usage, created),
+                self._response_object(plan, body, "completed", done_output, usage, created),
             )
         seq = itertools.count()
 
@@ -1073,7 +1074,7 @@ class _Handler:
                 "response.completed",
                 {
                     "response": self._response_object(
-                        plan, body, "completed", [item_done], usage, created
+                        plan, body, "completed", done_output, usage, created
                     )
                 },
             ),
@@ -1363,6 +1364,20 @@ class _Handler:
 def _include_usage(body: dict[str, Any]) -> bool:
     opts = body.get("stream_options")
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+
+def _builtin_tool_calls(body: dict[str, Any], rid: str) -> list[dict[str, Any]]:
+    """One call of each built-in search tool a Responses request enables, as output items."""
+    items: list[dict[str, Any]] = []
+    for i, tool in enumerate(body.get("tools") or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and kind.startswith("web_search"):
+            items.append({"id": f"ws_{rid}_{i}", "type": "web_search_call",
+                          "status": "completed", "action": {"type": "search", "query": "q"}})
+        elif kind == "file_search":
+            items.append({"id": f"fs_{rid}_{i}", "type": "file_search_call",
+                          "status": "completed", "queries": ["q"], "results": None})
+    return items
 
 
 def _form_body(raw: bytes) -> dict[str, Any]:
