@@ -843,6 +843,8 @@ def _record_metadata(usage: Usage) -> dict[str, Any]:
             meta["image_quality"] = usage.image_quality
     if usage.audio_ms:
         meta["audio_seconds"] = usage.audio_ms / 1000
+    if usage.tool_calls:
+        meta["tool_calls"] = dict(usage.tool_calls)
     return meta
 
 

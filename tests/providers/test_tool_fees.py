@@ -109,6 +109,7 @@ async def test_web_search_calls_are_charged_and_held(proxy, fake, stream):
     else:
         await client.responses.create(**kwargs)
     (rec,) = await records(proxy, 1)
+    assert rec["metadata"]["tool_calls"] == {"web_search_preview": 1}
     expected = (100 * GPT_4O[0] + 20 * GPT_4O[1]) / 1_000_000 + WEB_SEARCH_PREVIEW_4O
     assert Decimal(str(rec["total_cost"])) == pytest.approx(expected, abs=Decimal("1e-9"))
     # the hold: the input, 50 output tokens and 2 calls of the tool
