@@ -92,6 +92,8 @@ class Usage:
         return self.total_input_tokens + self.output_tokens
 
 
+NO_UNITS = Usage()  # a call that uses no unit of the seed's other price types (immutable)
+
 # Why a provider's usage figure was not taken as is. Every count is clamped into
 # [0, MAX_CALL_TOKENS]: a negative count never refunds a budget, an absurd one never overflows
 # a counter.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from budget_proxy.usage import UNPARSEABLE_USAGE, Usage, clamp_count, merge_flags
+from budget_proxy.usage import NO_UNITS, UNPARSEABLE_USAGE, Usage, clamp_count, merge_flags
 
 # default max output when neither the request nor the catalog says (completions' API default)
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -302,7 +302,7 @@ class UsageTap:
     model: str | None = None
     text_parts: list[str] = field(default_factory=list)
     answer: Any = None  # a non-streamed answer, read for its text only when needed
-    units: Usage = field(default_factory=Usage)  # characters, images, audio: unless read
+    units: Usage = NO_UNITS  # characters, images, audio: unless read
 
     def observe_answer(self, raw: bytes) -> None:
         """A complete (non-streamed) answer, as bytes."""

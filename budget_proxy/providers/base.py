@@ -8,14 +8,14 @@ from the answer. Adding a family is one module here plus its tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import orjson
 
 from budget_proxy import tokens
 from budget_proxy.config import ProviderConfig
-from budget_proxy.usage import Usage
+from budget_proxy.usage import NO_UNITS, Usage
 from budget_proxy.wire import SSEParser, StreamParser, UsageTap, loads_answer
 
 
@@ -29,7 +29,7 @@ class RequestProblem(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """What one metered request asks for, as its adapter read it."""
 
@@ -43,7 +43,7 @@ class Plan:
     rewritten: bool = False  # `body` differs from the bytes the client sent
     # units priced by the seed's other price types (characters, images, audio): the most
     # the request can use (reserved), and what it is settled at when the answer says nothing
-    units: Usage = field(default_factory=Usage)
+    units: Usage = NO_UNITS
     expected_units: Usage | None = None  # None: as `units`
 
     def upstream_body(self, raw: bytes) -> bytes:

@@ -29,7 +29,7 @@ from budget_proxy.providers.base import (
     json_body,
     whole,
 )
-from budget_proxy.usage import Usage, from_openai
+from budget_proxy.usage import NO_UNITS, Usage, from_openai
 from budget_proxy.wire import UsageTap, as_dict, as_list
 
 # path (relative to the API root) -> metered endpoint kind
@@ -252,7 +252,7 @@ def plan_openai(endpoint: str, body: dict[str, Any], model: str) -> Plan:
         max_output_tokens=requested_max_output(endpoint, body),
         choices=choices_of(body.get("n")) if endpoint in CHOICE_ENDPOINTS else 1,
         strip_usage=strip_usage, rewritten=rewritten,
-        units=Usage(tool_calls=tool_calls_asked(body)) if endpoint == "responses" else Usage(),
+        units=Usage(tool_calls=tool_calls_asked(body)) if endpoint == "responses" else NO_UNITS,
     )
 
 
