@@ -3,7 +3,10 @@
 Prices are the catalog overlaid with stored price versions (`budget_proxy.pricing.PriceBook`);
 a change is always a new version. Rates cross the API as exact decimal strings in USD per
 million tokens (`*_usd_per_mtok`), alongside the seed's USD-per-token floats
-(`*_cost_per_token`, informational).
+(`*_cost_per_token`, informational); the other price types as exact USD per character,
+image, second or call (`input_usd_per_char`, `usd_per_image`, `usd_per_second`,
+`usd_per_request`, or the seed's names `input_cost_per_char`, `cost_per_image`,
+`cost_per_second`, `fixed_cost_per_request`), per image by size and per tool call.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from aiohttp import ChainMapProxy, web
@@ -29,15 +32,18 @@ from budget_proxy.api.common import api_error, json_response, read_model, read_q
 from budget_proxy.api.openapi import api_route
 from budget_proxy.appkeys import SETTINGS
 from budget_proxy.models import MAX_CALL_TOKENS, Bound, CallTokens, Timestamp
-from budget_proxy.price_sources import from_per_mtok, from_per_token
-from budget_proxy.price_update import book_of, updater_for
 from budget_proxy.pricing import (
     PRICE_FIELDS,
+    UNIT_PRICE_FIELDS,
+    Mode,
     ModelPrice,
     PriceWriteError,
     Tier,
     cost_breakdown,
 )
+from budget_proxy.pricing.fields import SEED_UNIT_NAMES
+from budget_proxy.pricing.sources import from_per_mtok, from_per_token, from_usd
+from budget_proxy.pricing.update import book_of, updater_for
 
 TAG = "prices"
 _running: set[asyncio.Task[Any]] = set()  # updates outliving a client that hung up
@@ -83,6 +89,9 @@ PriceValue = Decimal | int | float | str
 # A rate above this many USD per million tokens is a typo or an attack, not a price: with it,
 # a call of MAX_CALL_TOKENS tokens still costs less than MAX_USD.
 MAX_USD_PER_MTOK = Decimal(1_000_000)
+MAX_USD_PER_UNIT = Decimal(1_000)  # a character, an image, a second, a call, a tool call
+UNIT_MAP_FIELDS = ("usd_per_image_by_size", "usd_per_tool_call")
+MAX_UNIT_MAP_KEYS = 64
 TokenCount = Annotated[int, Bound(1, MAX_CALL_TOKENS)]
 
 
@@ -108,8 +117,20 @@ class SetPriceRequest(BaseModel):
     reasoning_cost_per_token: PriceValue | None = None
     context_window_tokens: TokenCount | None = None
     max_output_tokens: TokenCount | None = None
+    input_usd_per_char: PriceValue | None = None
+    usd_per_image: PriceValue | None = None
+    usd_per_second: PriceValue | None = None
+    usd_per_request: PriceValue | None = None
+    input_cost_per_char: PriceValue | None = None
+    cost_per_image: PriceValue | None = None
+    cost_per_second: PriceValue | None = None
+    fixed_cost_per_request: PriceValue | None = None
+    usd_per_image_by_size: dict[Annotated[str, Field(min_length=1, max_length=64)],
+                                PriceValue] | None = None
+    usd_per_tool_call: dict[Annotated[str, Field(min_length=1, max_length=64)],
+                            PriceValue] | None = None
     tier: Tier | None = None
-    mode: Literal["chat", "completion", "embedding", "responses"] | None = None
+    mode: Mode | None = None
     effective_date: Timestamp | None = Field(
         None, description="When the price takes effect (default now; may be in the future).")
     source: str = Field("manual", min_length=1)
@@ -119,9 +140,15 @@ class SetPriceRequest(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _rate_not_a_bool(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name and info.field_name.endswith(
-                ("_usd_per_mtok", "_cost_per_token")):
+        unit_names = (*UNIT_PRICE_FIELDS, *SEED_UNIT_NAMES.values())
+        if isinstance(value, bool) and info.field_name and (info.field_name.endswith(
+                ("_usd_per_mtok", "_cost_per_token")) or info.field_name in unit_names):
             raise ValueError("a rate is a number, not a boolean")
+        if isinstance(value, dict) and info.field_name in UNIT_MAP_FIELDS:
+            if len(value) > MAX_UNIT_MAP_KEYS:
+                raise ValueError(f"at most {MAX_UNIT_MAP_KEYS} prices")
+            if any(isinstance(v, bool) for v in value.values()):
+                raise ValueError("a price is a number, not a boolean")
         return value
 
     @model_validator(mode="after")
@@ -140,6 +167,16 @@ class SetPriceRequest(BaseModel):
                 if rate > MAX_USD_PER_MTOK:
                     raise ValueError(f"{field}: more than {MAX_USD_PER_MTOK} USD per million "
                                      "tokens")
+        for name, seed in SEED_UNIT_NAMES.items():
+            if name in self.model_fields_set and seed in self.model_fields_set:
+                raise ValueError(f"give {name} or {seed}, not both")
+            for field in (name, seed):
+                value = getattr(self, field)
+                if field in self.model_fields_set and value is not None:
+                    _unit_price(field, value)
+        for name in UNIT_MAP_FIELDS:
+            for key, value in (getattr(self, name) or {}).items():
+                _unit_price(f"{name}.{key}", value)
         for name in ("input_usd_per_mtok", "output_usd_per_mtok"):
             per_token = name.replace("_usd_per_mtok", "_cost_per_token")
             if (getattr(self, name) is None and name in self.model_fields_set) or (
@@ -166,10 +203,29 @@ class SetPriceRequest(BaseModel):
                 if field in self.model_fields_set:
                     value = getattr(self, field)
                     out[name] = None if value is None else self._rate(field, value)
+        for name, seed in SEED_UNIT_NAMES.items():
+            for field in (name, seed):
+                if field in self.model_fields_set:
+                    value = getattr(self, field)
+                    out[name] = None if value is None else _unit_price(field, value)
+        for name in UNIT_MAP_FIELDS:
+            if name in self.model_fields_set:
+                out[name] = {k: _unit_price(f"{name}.{k}", v)
+                             for k, v in (getattr(self, name) or {}).items()}
         for name in ("context_window_tokens", "max_output_tokens", "tier", "mode"):
             if name in self.model_fields_set:
                 out[name] = getattr(self, name)
         return out
+
+
+def _unit_price(field: str, value: PriceValue) -> Decimal:
+    """Exact USD per unit, or a ValueError naming the field."""
+    price = from_usd(value)
+    if price is None:
+        raise ValueError(f"{field}: not a non-negative number")
+    if price > MAX_USD_PER_UNIT:
+        raise ValueError(f"{field}: more than {MAX_USD_PER_UNIT} USD per unit")
+    return price
 
 
 class CalculateRequest(BaseModel):

@@ -310,11 +310,47 @@ async def test_manual_price_is_a_version_and_needs_the_admin_token(proxy_factory
     ({"provider": "openai", "model": "gpt-4o", "output_usd_per_mtok": None}, "cannot be null"),
     ({"provider": "openai", "model": "brand-new", "input_usd_per_mtok": "1"}, "needs input"),
     ({"provider": "openai", "model": "gpt-4o", "price": 3}, "price"),
+    # the other price types: exact, not negative, bounded, one name per price
+    ({"provider": "openai", "model": "whisper-1", "usd_per_second": "-0.1"}, "usd_per_second"),
+    ({"provider": "openai", "model": "whisper-1", "usd_per_second": True}, "boolean"),
+    ({"provider": "openai", "model": "whisper-1", "usd_per_second": "1e400"},
+     "usd_per_second"),
+    ({"provider": "openai", "model": "whisper-1", "usd_per_second": "5000"}, "USD per unit"),
+    ({"provider": "openai", "model": "whisper-1", "usd_per_second": [1]}, "usd_per_second"),
+    ({"provider": "openai", "model": "whisper-1", "usd_per_second": "0.1",
+      "cost_per_second": 0.1}, "not both"),
+    ({"provider": "openai", "model": "dall-e-3", "usd_per_image_by_size": {"1x1": "x"}},
+     "usd_per_image_by_size.1x1"),
+    ({"provider": "openai", "model": "dall-e-3",
+      "usd_per_image_by_size": {str(i): "1" for i in range(65)}}, "at most 64"),
+    ({"provider": "openai", "model": "dall-e-3", "usd_per_image_by_size": {"": "1"}},
+     "usd_per_image_by_size"),
+    ({"provider": "openai", "model": "gpt-4o", "usd_per_tool_call": {"web_search": False}},
+     "boolean"),
 ])
 async def test_bad_manual_prices_are_422(proxy, body: dict[str, Any], field: str):
     resp = await proxy.api("POST", "/api/prices", json=body)
     assert resp.status_code == 422, resp.text
     assert field in resp.text
+
+
+async def test_manual_prices_of_every_type_are_versions(proxy, fake):
+    resp = await proxy.api("POST", "/api/prices", json={
+        "provider": "openai", "model": "whisper-1", "cost_per_second": 0.0002})
+    assert resp.status_code == 201, resp.text
+    version = resp.json()
+    assert (version["price_type"], version["usd_per_second"], version["cost_per_second"]) == (
+        "time", "0.0002", 0.0002)
+    resp = await proxy.api("POST", "/api/prices", json={
+        "provider": "openai", "model": "dall-e-3",
+        "usd_per_image_by_size": {"hd/1024x1024": "0.09"}, "fixed_cost_per_request": "0.001"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["usd_per_image_by_size"] == {"hd/1024x1024": "0.09"}
+    answer = await oai(proxy).images.generate(model="dall-e-3", prompt="x", quality="hd")
+    assert len(answer.data) == 1
+    (rec,) = await records(proxy)
+    assert rec["total_cost"] == pytest.approx(0.09 + 0.001, abs=1e-12)
+    assert rec["pricing_id"] == resp.json()["pricing_id"]
 
 
 async def test_calculate(proxy):
