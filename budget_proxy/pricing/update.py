@@ -1,6 +1,6 @@
 """Price updates with verification, the update schedule, and the price book's life cycle.
 
-An update reads every configured source (`budget_proxy.price_sources`), matches each quote to a
+An update reads every configured source (`budget_proxy.pricing.sources`), matches each quote to a
 catalog model by exact name or alias, and judges each model on its own (`verify`):
 
 - every quoted field must agree across the sources that quote it, within ``tolerance``
