@@ -15,7 +15,8 @@ import openai
 import orjson
 import pytest
 
-from budget_proxy.providers import media
+from budget_proxy.providers import adapter_for, media
+from budget_proxy.usage import Usage
 
 # list prices, typed here (USD)
 DALL_E_3_HD_TALL = Decimal("0.120")
@@ -206,3 +207,34 @@ def test_form_fields_of_a_huge_upload_are_read_whole():
 )
 def test_audio_durations(data, expected):
     assert media.audio_ms(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "expected"),
+    [
+        (b"3", b"512x512", (3, "512x512")),
+        (b"-1", b"512x512", (1, "512x512")),
+        (b"abc", b"512x512", (1, "512x512")),
+        (b"99999999999", b"512x512", (1, "512x512")),  # not a count: one image, as OpenAI
+        (b"2", b"x" * 40, (2, "1024x1024")),  # not a size: the default size
+        (b"2", b"", (2, "1024x1024")),
+        (b"\xff\xfe", b"\xff", (1, "\ufffd")),  # bad UTF-8: replaced; the default price
+    ],
+)
+def test_image_edit_form_values(n, size, expected):
+    raw = form(("model", b"dall-e-2", None), ("n", n, None), ("size", size, None),
+               ("image", b"\x89PNG", "a.png"))
+    plan = adapter_for("openai").plan("images.edits", "images/edits", "", raw, None)
+    assert (plan.choices, plan.units.image_size) == expected
+    assert plan.units.images == expected[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "characters"),
+    [({"model": "tts-1", "input": "héllo"}, 5), ({"model": "tts-1", "input": 5}, 0),
+     ({"model": "tts-1", "input": "x" * 100_000}, 100_000), ({"model": "tts-1"}, 0)],
+)
+def test_speech_holds_its_characters(body, characters):
+    plan = adapter_for("openai").plan("audio.speech", "audio/speech", "", orjson.dumps(body),
+                                      None)
+    assert plan.units == Usage(characters=characters)
