@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from budget_proxy.testing.fake_provider import FakeProvider
+from budget_proxy.testing.waiting import eventually
 from tests.redis_servers import redis_factory  # noqa: F401 - fixture
 
 KILLS = 3
@@ -28,17 +27,6 @@ IN_FLIGHT_BEFORE_KILL = 30  # requests the fake has seen in a round before the k
 CHAT = "/v1/chat/completions"
 DEADLINE_S = 60.0  # only a hung test reaches it
 LIMIT_TOKENS = 100
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], timeout_s: float = DEADLINE_S
-                     ) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def marker_of(body: Any) -> str | None:
@@ -121,7 +109,7 @@ async def test_sigkill_under_load_loses_no_answered_call(
         async def busy(seen: int = seen) -> bool:
             return len(fake.requests) >= seen + IN_FLIGHT_BEFORE_KILL
 
-        await eventually(busy)
+        await eventually(busy, DEADLINE_S)
         proxy.stop(signal.SIGKILL)  # mid-burst: calls in flight at the fake and streaming
         stop.set()
         await callers
@@ -135,7 +123,7 @@ async def test_sigkill_under_load_loses_no_answered_call(
         return policy if policy["reserved_tokens"] == 0 and policy["reserved_cost"] == 0 \
             else None
 
-    policy = await eventually(settled)
+    policy = await eventually(settled, DEADLINE_S)
     records = await api(proxy.url, "/api/usage/records?limit=10000")
     answered = [marker_of(r.body) for r in fake.requests if r.path == CHAT]
     assert answered and all(answered)

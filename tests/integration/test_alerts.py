@@ -20,6 +20,7 @@ from budget_proxy.enforcement import counter_key
 from budget_proxy.models import Alert, Period, usd_to_nusd
 from budget_proxy.periods import window_for
 from budget_proxy.store.base import Reservation
+from budget_proxy.testing.waiting import eventually
 
 # gpt-4o-mini list prices, USD per token
 IN_USD, OUT_USD = 0.15e-6, 0.60e-6
@@ -81,15 +82,6 @@ async def add_policy(proxy, **body) -> dict:
 
 async def stored_alerts(proxy) -> list[Alert]:
     return [Alert.model_validate_json(d) for d in await proxy.store.list_docs("alert")]
-
-
-async def eventually(predicate, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_warning_crossed_by_50_concurrent_requests_alerts_once(proxy_factory, fake,

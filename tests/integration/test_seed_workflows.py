@@ -126,7 +126,7 @@ def test_common_workflows_as_written(live):
 
     # Setting Up a New Budget
     for index in range(3):
-        assert step(index).startswith("policy pol_")
+        assert step(index).startswith("created policy pol_")
     status = step(3)
     assert "warn" in status and "hard_limit" in status
     assert "provider=openai" in status and "component=codex" in status

@@ -1,8 +1,6 @@
 """Backends the contract suite runs against: embedded, Redis (one server) and Redis Cluster
 (3 masters), each on real servers the tests start (`tests.redis_servers`)."""
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -64,13 +62,3 @@ async def reopen(request: pytest.FixtureRequest, store: Store, tmp_path
     for backend in opened:
         await backend.close()
 
-
-async def eventually(probe: Callable[[], Awaitable[object]], timeout_s: float = 10.0) -> object:
-    """Poll `probe` until it returns something truthy; the deadline only fails a hung test."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)

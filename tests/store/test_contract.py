@@ -19,7 +19,7 @@ from budget_proxy.store.base import (
     intent_json,
     record_id_of,
 )
-from tests.store.conftest import eventually
+from budget_proxy.testing.waiting import eventually
 
 
 def line(key: str, limit_nusd: int | None = None, limit_tokens: int | None = None,
