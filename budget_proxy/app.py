@@ -43,8 +43,8 @@ from budget_proxy.mcp.server import mcp_ctx
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
-from budget_proxy.price_update import prices_ctx
 from budget_proxy.pricing import PriceBook
+from budget_proxy.pricing.update import prices_ctx
 from budget_proxy.proxy import Proxy
 from budget_proxy.store.base import Store, StoreError, hold_timing
 from budget_proxy.store.sqlite import SqliteStore

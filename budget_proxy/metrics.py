@@ -96,8 +96,13 @@ REFUSAL_STREAK = 3  # refusals in a row (none admitted between) that mean "refus
 
 # endpoint kind (budget_proxy.wire) -> OTel gen_ai.operation.name
 OPERATION_NAMES = {
-    "chat.completions": "chat", "messages": "chat", "responses": "chat",
-    "completions": "text_completion", "embeddings": "embeddings", "gemini": "generate_content",
+    "chat.completions": "chat", "messages": "chat", "responses": "chat", "ollama.chat": "chat",
+    "completions": "text_completion", "ollama.generate": "text_completion",
+    "embeddings": "embeddings", "ollama.embed": "embeddings", "gemini": "generate_content",
+    # not in OpenTelemetry's list of well-known operations: named after what they produce
+    "images.generations": "image_generation", "images.edits": "image_generation",
+    "images.variations": "image_generation", "audio.speech": "speech",
+    "audio.transcriptions": "transcription", "audio.translations": "transcription",
 }
 # every code the proxy answers with itself (Proxy.error); anything else is reported as other
 ERROR_CODES = frozenset({
