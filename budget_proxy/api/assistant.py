@@ -27,6 +27,7 @@ from budget_proxy.appkeys import CATALOG, POLICIES, SETTINGS, STORE
 from budget_proxy.enforcement import RequestScope, policy_matches
 from budget_proxy.models import PolicyType, UsageRecord
 from budget_proxy.pricing import ModelPrice, PriceCatalog
+from budget_proxy.recommend import RecommendQuery, recommend_models
 from budget_proxy.reporting import (
     Aggregate,
     aggregate,
@@ -40,7 +41,6 @@ from budget_proxy.schemas import (
     Analysis,
     AnalyzeRequest,
     Anomaly,
-    ModelOption,
     ModelRecommendation,
     Optimization,
     PolicyRisk,
@@ -60,30 +60,8 @@ ANOMALY_MIN_WINDOWS = 3  # windows with usage needed before anomalies are looked
 CHEAPER_MODEL_MAX_RATIO = 0.5  # an alternative must cost at most half as much for the mix
 CACHE_SHARE_ASSUMED = 0.5  # cache savings are estimated as if half the input were cached
 TOP_N = 5
-RECOMMENDABLE_PROVIDERS = ("openai", "anthropic", "gemini", "mistral", "deepseek", "xai")
 _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview.*|-exp.*)$")
 
-COMPLEXITY_TARGET = {"simple": 0.1, "standard": 0.4, "complex": 0.75}  # price percentile band
-TASK_COMPLEXITY = {
-    "code_generation": "complex", "coding": "complex", "analysis": "complex",
-    "reasoning": "complex", "planning": "complex", "research": "complex",
-    "text_generation": "standard", "chat": "standard", "writing": "standard",
-    "summarization": "simple", "classification": "simple", "extraction": "simple",
-    "translation": "simple", "tagging": "simple",
-}
-TASK_KEYWORDS = (  # first match wins
-    ("code_generation", ("code", "python", "program", "function", "sql", "debug", "refactor")),
-    ("analysis", ("analy", "reason", "math", "plan", "research", "legal", "strategy")),
-    ("summarization", ("summar", "digest", "tl;dr")),
-    ("classification", ("classif", "categor", "sentiment", "label", "tag")),
-    ("extraction", ("extract", "parse", "field")),
-    ("translation", ("translat",)),
-)
-PRIORITY_SHIFTS = (  # words in priority_areas moving the price band
-    (("cost", "cheap", "budget"), -0.15),
-    (("speed", "latency", "fast"), -0.1),
-    (("accura", "quality", "correct", "reliab", "error handling"), 0.15),
-)
 
 
 def _usd(value: float) -> str:
@@ -349,74 +327,19 @@ async def _unbudgeted(app: State, records: list[UsageRecord]) -> list[Recommenda
 
 
 # recommend-model ------------------------------------------------------------------------
-def infer_task_type(description: str) -> str:
-    text = description.lower()
-    for task_type, words in TASK_KEYWORDS:
-        if any(w in text for w in words):
-            return task_type
-    return "text_generation"
-
-
-def price_band(complexity: str, priority_areas: str | list[str] | None) -> float:
-    text = " ".join(priority_areas) if isinstance(priority_areas, list) else (
-        priority_areas or "")
-    target = COMPLEXITY_TARGET[complexity]
-    for words, shift in PRIORITY_SHIFTS:
-        if any(w in text.lower() for w in words):
-            target += shift
-    return min(0.95, max(0.0, target))
-
-
 async def recommend_model(request: web.Request) -> web.Response:
     """Models for a task, ranked by how well their price level fits the task's complexity
     (a price percentile band: simple tasks low, complex tasks high), within the budget."""
-    req = await read_model(request, RecommendModelRequest, optional=True)
+    req = await read_model(request, RecommendQuery, optional=True)
     if isinstance(req, web.Response):
         return req
     return json_response(recommend(request.config_dict, req))
 
 
 def recommend(app: State, req: RecommendModelRequest) -> ModelRecommendation:
-    """The ranking behind `recommend-model` and the `recommend_model` tool."""
-    task_type = req.task_type or infer_task_type(req.task_description)
-    complexity = TASK_COMPLEXITY.get(task_type, "standard")
-    target = price_band(complexity, req.priority_areas)
-    providers = (req.provider,) if req.provider else RECOMMENDABLE_PROVIDERS
-    candidates = [
-        p for p in app[CATALOG]
-        if p.provider in providers and p.mode == "chat" and _plain_name(p.model)
-        and (p.max_output_tokens is None or p.max_output_tokens >= req.output_length)
-        and (p.context_window_tokens is None
-             or p.context_window_tokens >= req.input_length + req.output_length)
-    ]
-    costs = {id(p): _mix_cost(p, req.input_length, req.output_length) for p in candidates}
-    ordered = sorted(candidates, key=lambda p: (costs[id(p)], p.provider, p.model))
-    count = max(1, len(ordered) - 1)
-    options = []
-    for rank, p in enumerate(ordered):
-        cost = costs[id(p)]
-        daily = cost * req.usage_frequency
-        within = (req.max_cost is None or cost <= req.max_cost) and (
-            req.budget_limit is None or daily <= req.budget_limit)
-        percentile = rank / count
-        score = round(1 - abs(percentile - target), 4)
-        options.append(ModelOption(
-            provider=p.provider, model=p.model, tier=p.tier,
-            input_usd_per_mtok=float(p.input_usd_per_mtok),
-            output_usd_per_mtok=float(p.output_usd_per_mtok), cost_per_request=cost,
-            daily_cost=daily, monthly_cost=daily * 30, within_budget=within, score=score,
-            reason=(f"price level at the {percentile:.0%} percentile of {len(ordered)} "
-                    f"candidates; the band for {complexity} tasks is around {target:.0%}; "
-                    f"{_usd(cost)} per request, {_usd(daily)} per day at "
-                    f"{req.usage_frequency:g} requests per day"),
-        ))
-    fitting = [o for o in options if o.within_budget]
-    pool = fitting or sorted(options, key=lambda o: o.cost_per_request)[: req.limit]
-    ranked = sorted(pool, key=lambda o: (-o.score, o.cost_per_request, o.model))[: req.limit]
-    return ModelRecommendation(
-        task_type=task_type, complexity=complexity,  # type: ignore[arg-type]
-        recommendations=ranked, best=ranked[0] if ranked and ranked[0].within_budget else None,
-    )
+    """`budget_proxy.recommend` over the prices in force: the answer of `recommend-model`,
+    the `recommend_model` tool and the CLI's `recommend`."""
+    return recommend_models(app[CATALOG], req)
 
 
 # chat -----------------------------------------------------------------------------------
@@ -471,6 +394,6 @@ def routes() -> list[web.RouteDef]:
                   body_required=False, response=Optimization, access="read"),
         api_route("POST", "/api/assistant/recommend-model", recommend_model,
                   summary="Model recommendations (deterministic, no LLM)", tag=tag,
-                  body=RecommendModelRequest, body_required=False,
+                  body=RecommendQuery, body_required=False,
                   response=ModelRecommendation, access="read"),
     ]

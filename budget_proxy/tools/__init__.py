@@ -27,7 +27,7 @@ from budget_proxy.api.alerts import acknowledge, find_alerts
 from budget_proxy.api.common import Role
 from budget_proxy.api.prices import CalculateRequest, cost_of_call
 from budget_proxy.api.usage import NoPrice, check, summarize
-from budget_proxy.appkeys import ALLOCATIONS, EVENTS, POLICIES, SETTINGS, STORE
+from budget_proxy.appkeys import ALLOCATIONS, CATALOG, EVENTS, POLICIES, SETTINGS, STORE
 from budget_proxy.models import (
     DEFAULT_BUDGET_ID,
     INPUT,
@@ -37,10 +37,10 @@ from budget_proxy.models import (
     Tier,
     utcnow,
 )
+from budget_proxy.recommend import RecommendQuery, recommend_models
 from budget_proxy.schemas import (
     AlertQuery,
     AllocationQuery,
-    RecommendModelRequest,
     UsageCheckRequest,
     UsageSummaryQuery,
 )
@@ -187,10 +187,8 @@ async def calc_cost(app: State, args: CalculateRequest) -> Any:
         raise ToolError(str(exc)) from None
 
 
-async def recommend_model(app: State, args: RecommendModelRequest) -> Any:
-    from budget_proxy.api.assistant import recommend  # the assistant module imports tools
-
-    return recommend(app, args)
+async def recommend_model(app: State, args: RecommendQuery) -> Any:
+    return recommend_models(app[CATALOG], args)
 
 
 async def list_allocations(app: State, args: AllocationQuery) -> Any:
@@ -273,7 +271,7 @@ TOOLS: dict[str, BudgetTool] = dict([
           "proxy would charge it.", CalculateRequest, calc_cost),
     _tool("recommend_model", "Models for a task, ranked by fit for its complexity and "
           "priced per request, per day and per month within a budget.",
-          RecommendModelRequest, recommend_model),
+          RecommendQuery, recommend_model),
     _tool("list_allocations", "Token allocations held for contexts, with their use.",
           AllocationQuery, list_allocations),
     _tool("create_allocation", "Hold tokens on the budgets for a context before an expensive "
