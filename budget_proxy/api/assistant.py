@@ -1,10 +1,16 @@
 """The budget assistant: `/api/assistant/analyze`, `/optimize`, `/recommend-model`.
 
-The seed documents call this an "LLM assistant". Here there is no language model: every
-answer is computed from this proxy's usage records, policies and price catalog by the fixed
-rules below, so the same data always gives the same answer, and every answer says so
-(`engine: "deterministic"`, `llm_used: false`). The rules are simple on purpose; they are
-stated in each recommendation's text so an operator can judge them.
+The seed documents call this an "LLM assistant". Every figure here is computed from this
+proxy's usage records, policies and price catalog by the fixed rules below, so the same data
+always gives the same figures (`engine: "deterministic"`). The rules are simple on purpose;
+they are stated in each recommendation's text so an operator can judge them.
+
+With `BUDGET_ASSISTANT_MODEL` set, `analyze` and `optimize` also ask that model for a short
+`narrative` over their figures (given to it as data, never taken back from it: the figures
+in the answer are the computed ones), through the proxy's metered route as component
+budget-assistant (`budget_proxy.tools.chat.narrate`), with `llm_used: true`. When that call
+fails or a budget refuses it, the answer is the computed one with a note saying why. Unset,
+no model is called (`llm_used: false`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from budget_proxy.schemas import (
     Analysis,
     AnalyzeRequest,
     Anomaly,
+    AssistantAnswer,
     ModelRecommendation,
     Optimization,
     PolicyRisk,
@@ -49,7 +56,7 @@ from budget_proxy.schemas import (
     Trend,
     UsageGroup,
 )
-from budget_proxy.tools.chat import ChatAnswer, ChatRequest
+from budget_proxy.tools.chat import ChatAnswer, ChatRequest, Narration, narrate
 
 if TYPE_CHECKING:
     from budget_proxy.tools import State
@@ -115,7 +122,8 @@ async def analyze(request: web.Request) -> web.Response:
     req = await read_model(request, AnalyzeRequest, optional=True)
     if isinstance(req, web.Response):
         return req
-    return json_response(await analysis(request.config_dict, req))
+    answer = await analysis(request.config_dict, req)
+    return json_response(await _narrated(request, "usage analysis", answer, NarratedAnalysis))
 
 
 async def analysis(app: State, req: AnalyzeRequest) -> Analysis:
@@ -204,6 +212,28 @@ def _findings(
     return out
 
 
+class NarratedAnalysis(Narration, Analysis):
+    """`analyze` with BUDGET_ASSISTANT_MODEL set: the same figures, and a narrative."""
+
+
+class NarratedOptimization(Narration, Optimization):
+    """`optimize` with BUDGET_ASSISTANT_MODEL set: the same figures, and a narrative."""
+
+
+async def _narrated(
+    request: web.Request, kind: str, answer: AssistantAnswer,
+    narrated: type[NarratedAnalysis] | type[NarratedOptimization],
+) -> AssistantAnswer:
+    """`answer` as computed; with a model configured, plus its narrative over the figures
+    (or, when the model call fails or a budget refuses it, a note saying so)."""
+    app = request.config_dict
+    if not app[SETTINGS].assistant_model:
+        return answer
+    figures = answer.model_dump(mode="json", exclude={"engine", "llm_used", "note"})
+    narration = await narrate(app, own_url(request), kind, figures, answer.note)
+    return narrated.model_validate({**dict(answer), **narration.model_dump()})
+
+
 # optimize -------------------------------------------------------------------------------
 def _plain_name(model: str) -> bool:
     return not (model.startswith(("ft:", "*")) or _SNAPSHOT.search(model))
@@ -240,7 +270,9 @@ async def optimize(request: web.Request) -> web.Response:
     req = await read_model(request, AnalyzeRequest, optional=True)
     if isinstance(req, web.Response):
         return req
-    return json_response(await optimization(request.config_dict, req))
+    answer = await optimization(request.config_dict, req)
+    return json_response(await _narrated(request, "cost optimisation recommendations", answer,
+                                         NarratedOptimization))
 
 
 async def optimization(app: State, req: AnalyzeRequest) -> Optimization:
@@ -387,11 +419,13 @@ def routes() -> list[web.RouteDef]:
                   "budget tools when BUDGET_ASSISTANT_MODEL is set)", tag=tag, body=ChatRequest,
                   response=ChatAnswer, access="read"),
         api_route("POST", "/api/assistant/analyze", analyze, summary="Analyse usage "
-                  "(deterministic, no LLM)", tag=tag, body=AnalyzeRequest, body_required=False,
-                  response=Analysis, access="read"),
+                  "(computed figures; a narrative by BUDGET_ASSISTANT_MODEL when set)",
+                  tag=tag, body=AnalyzeRequest, body_required=False,
+                  response=NarratedAnalysis, access="read"),
         api_route("POST", "/api/assistant/optimize", optimize, summary="Cost optimisation "
-                  "recommendations (deterministic, no LLM)", tag=tag, body=AnalyzeRequest,
-                  body_required=False, response=Optimization, access="read"),
+                  "recommendations (computed; a narrative by BUDGET_ASSISTANT_MODEL when set)",
+                  tag=tag, body=AnalyzeRequest, body_required=False,
+                  response=NarratedOptimization, access="read"),
         api_route("POST", "/api/assistant/recommend-model", recommend_model,
                   summary="Model recommendations (deterministic, no LLM)", tag=tag,
                   body=RecommendQuery, body_required=False,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -43,6 +44,13 @@ SYSTEM_PROMPT = (
     "organisation's LLM spend. Answer questions about spend, budgets, allocations, alerts and "
     "models by calling the tools; take every figure from a tool result, never estimate one "
     "yourself. Be brief and concrete.")
+NARRATIVE_MAX_TOKENS = 400  # output tokens of an analyze/optimize narrative
+NARRATIVE_TIMEOUT_S = 30.0
+NARRATIVE_PROMPT = (
+    "You are the budget assistant of budget-proxy. You are given figures it computed from its "
+    "records, as JSON. Write a short narrative (at most 150 words, plain text, no headings) "
+    "for the operator: what stands out and what to do first. Quote figures exactly as given; "
+    "never compute, round differently or invent a figure.")
 NO_MODEL_NOTE = ("No language model is configured (BUDGET_ASSISTANT_MODEL is unset): this "
                  "answer is computed from the proxy's records by fixed rules.")
 Event = tuple[str, dict[str, Any]]
@@ -152,30 +160,95 @@ async def run_tool_call(app: tools.State, call: dict[str, Any], role: Role) -> T
     return ToolCallDone(name=name, arguments=arguments, ok=True, result=result)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    """One call to the assistant's model through the proxy's metered route."""
+
+    message: dict[str, Any] | None  # the model's message; None when it did not answer
+    tokens_used: int = 0
+    stopped: Stop = "answered"
+    error: str | None = None  # what to tell the user when there is no message
+
+
+def assistant_model(app: tools.State) -> tuple[str, str, str | None]:
+    """`(provider, model, why it cannot be used)` of `BUDGET_ASSISTANT_MODEL`."""
+    spec = app[SETTINGS].assistant_model or ""
+    provider_name, _, model = spec.partition("/")
+    provider = app[PROXY].providers.get(provider_name)
+    if provider is None or provider.api != "openai":
+        return provider_name, model, (
+            f"BUDGET_ASSISTANT_MODEL={spec}: the assistant speaks the OpenAI chat completions "
+            f"API, and provider {provider_name!r} is "
+            f"{'unknown' if provider is None else provider.api}")
+    return provider_name, model, None
+
+
+async def ask_model(
+    app: tools.State, proxy_url: str, messages: list[dict[str, Any]], *, max_tokens: int,
+    timeout_s: float, offered: list[dict[str, Any]] | None = None,
+) -> ModelReply:
+    """One chat completion from `BUDGET_ASSISTANT_MODEL`, sent to this proxy's own metered
+    route as component budget-assistant (priced, reserved, recorded, capped like any other
+    call), bounded by `max_tokens` of output and `timeout_s`. Never raises for a refusal,
+    an error answer, an unreadable answer or a timeout: the reply says which."""
+    provider_name, model, unusable = assistant_model(app)
+    if unusable is not None:
+        return ModelReply(None, stopped="model_error", error=unusable)
+    url = f"{proxy_url}/{provider_name}/v1/chat/completions"
+    headers = {"X-Budget-Component": COMPONENT, "Content-Type": "application/json"}
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    if offered is not None:
+        body["tools"] = offered
+    session: aiohttp.ClientSession = app[PROXY].session
+    try:
+        async with session.post(url, data=orjson.dumps(body), headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            raw = await resp.read()
+            status = resp.status
+    except TimeoutError:
+        return ModelReply(None, stopped="time_limit",
+                          error=f"The model did not answer within {timeout_s:g} s.")
+    except aiohttp.ClientError as exc:
+        return ModelReply(None, stopped="model_error",
+                          error=f"The model could not be reached: {exc}.")
+    if status in (429, 403) and b"budget" in raw:
+        return ModelReply(None, stopped="budget_refused", error=(
+            "The assistant's own budget refused the call to the model (component "
+            f"{COMPONENT}): {_error_message(raw)}"))
+    if status != 200:
+        return ModelReply(None, stopped="model_error",
+                          error=f"The model answered HTTP {status}: {_error_message(raw)}")
+    try:
+        data = orjson.loads(raw)
+        message = data["choices"][0]["message"]
+        usage = data.get("usage") or {}
+        tokens = int(usage.get("total_tokens") or 0)
+        if not isinstance(message, dict):
+            raise TypeError("message is not an object")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError,
+            AttributeError):
+        return ModelReply(None, stopped="model_error",
+                          error="The model's answer could not be read.")
+    return ModelReply(message, tokens_used=max(0, tokens))
+
+
 async def with_model(app: tools.State, req: ChatRequest, role: Role,
                      proxy_url: str) -> AsyncIterator[Event]:
     """The tool-calling loop; the last event is `done` with the `ChatAnswer`."""
     spec = app[SETTINGS].assistant_model or ""
-    provider_name, _, model = spec.partition("/")
-    provider = app[PROXY].providers.get(provider_name)
     answer = ChatAnswer(answer="", llm_used=False, model=spec)
-    if provider is None or provider.api != "openai":
-        answer.answer = (f"BUDGET_ASSISTANT_MODEL={spec}: the assistant speaks the OpenAI chat "
-                         "completions API, and provider "
-                         f"{provider_name!r} is {'unknown' if provider is None else provider.api}")
-        answer.stopped = "model_error"
+    unusable = assistant_model(app)[2]
+    if unusable is not None:
+        answer.answer, answer.stopped = unusable, "model_error"
         yield "chunk", {"text": answer.answer}
         yield "done", answer.model_dump(mode="json")
         return
-    url = f"{proxy_url}/{provider_name}/v1/chat/completions"
-    headers = {"X-Budget-Component": COMPONENT, "Content-Type": "application/json"}
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
                                       *(t.model_dump() for t in req.history),
                                       {"role": "user", "content": req.message}]
     offered = openai_tools(role)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CHAT_TIMEOUT_S
-    session: aiohttp.ClientSession = app[PROXY].session
     text: str | None = None
     for round_no in range(1, MAX_ROUNDS + 1):
         if loop.time() >= deadline:
@@ -185,38 +258,15 @@ async def with_model(app: tools.State, req: ChatRequest, role: Role,
             answer.stopped = "token_limit"
             break
         yield "status", {"round": round_no, "state": "asking the model"}
-        body = {"model": model, "messages": messages, "tools": offered,
-                "max_tokens": MAX_CALL_TOKENS}
-        try:
-            async with session.post(url, data=orjson.dumps(body), headers=headers,
-                                    timeout=aiohttp.ClientTimeout(
-                                        total=max(1.0, deadline - loop.time()))) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except TimeoutError:
-            answer.stopped = "time_limit"
-            break
-        except aiohttp.ClientError as exc:
-            answer.stopped, text = "model_error", f"The model could not be reached: {exc}."
-            break
-        if status in (429, 403) and b"budget" in raw:
-            answer.stopped = "budget_refused"
-            text = ("The assistant's own budget refused the call to the model (component "
-                    f"{COMPONENT}): {_error_message(raw)}")
-            break
-        if status != 200:
-            answer.stopped = "model_error"
-            text = f"The model answered HTTP {status}: {_error_message(raw)}"
+        reply = await ask_model(app, proxy_url, messages, max_tokens=MAX_CALL_TOKENS,
+                                timeout_s=max(1.0, deadline - loop.time()), offered=offered)
+        if reply.message is None:
+            answer.stopped = reply.stopped
+            text = None if reply.stopped == "time_limit" else reply.error
             break
         answer.llm_used = True
-        try:
-            data = orjson.loads(raw)
-            message = data["choices"][0]["message"]
-            usage = data.get("usage") or {}
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            answer.stopped, text = "model_error", "The model's answer could not be read."
-            break
-        answer.tokens_used += int(usage.get("total_tokens") or 0)
+        answer.tokens_used += reply.tokens_used
+        message = reply.message
         calls = message.get("tool_calls") or []
         if not calls:
             text = str(message.get("content") or "")
@@ -240,6 +290,46 @@ async def with_model(app: tools.State, req: ChatRequest, role: Role,
     answer.answer = text
     yield "chunk", {"text": text}
     yield "done", answer.model_dump(mode="json")
+
+
+# narratives over computed figures ----------------------------------------------------------
+class Narration(BaseModel):
+    """What `analyze` and `optimize` add to their figures when BUDGET_ASSISTANT_MODEL is set:
+    a short text by the model over those figures, which stay as computed."""
+
+    llm_used: bool = Field(False, description="True when the narrative was written.")
+    model: str | None = Field(None, description="BUDGET_ASSISTANT_MODEL, when set.")
+    narrative: str | None = Field(
+        None, description="The model's reading of the figures (they are computed, not its).")
+    narrative_stopped: Stop | None = Field(
+        None, description="Why there is no narrative (budget_refused, model_error, ...).")
+    note: str
+
+
+async def narrate(app: tools.State, proxy_url: str, kind: str, figures: dict[str, Any],
+                  deterministic_note: str) -> Narration:
+    """A narrative over `figures` (the computed answer, given to the model as data), in at
+    most `NARRATIVE_MAX_TOKENS` tokens and `NARRATIVE_TIMEOUT_S` seconds, through the metered
+    route as component budget-assistant. When the call fails or a budget refuses it, no
+    narrative, and the note says why; the caller answers with its figures either way."""
+    spec = app[SETTINGS].assistant_model
+    data = orjson.dumps(figures).decode()
+    if len(data) > MAX_TOOL_RESULT_CHARS:
+        data = data[:MAX_TOOL_RESULT_CHARS] + " ... (cut)"
+    messages = [{"role": "system", "content": NARRATIVE_PROMPT},
+                {"role": "user", "content": f"The {kind} of budget-proxy, as JSON:\n{data}"}]
+    reply = await ask_model(app, proxy_url, messages, max_tokens=NARRATIVE_MAX_TOKENS,
+                            timeout_s=NARRATIVE_TIMEOUT_S)
+    text = str((reply.message or {}).get("content") or "").strip()
+    if reply.message is None or not text:
+        why = reply.error or "The model answered with no text."
+        return Narration(model=spec, narrative_stopped=reply.stopped if reply.message is None
+                         else "model_error",
+                         note=f"{deterministic_note} No narrative: {why}")
+    return Narration(llm_used=True, model=spec, narrative=text, note=(
+        "The figures are computed from this proxy's usage records, policies and price catalog "
+        f"by fixed rules; the narrative was written by {spec} from those figures, given to it "
+        "as data. Where the two differ, the figures are right."))
 
 
 async def converse(app: tools.State, req: ChatRequest, role: Role,

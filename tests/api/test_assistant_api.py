@@ -96,6 +96,28 @@ async def test_validation_errors_name_the_field(api):
                                    json={"input_length": -5}), "input_length")
 
 
+@pytest.mark.parametrize("route", ["analyze", "optimize"])
+async def test_without_a_model_no_model_is_asked_and_no_narrative_is_added(api, route):
+    await spend(api, 1)
+    answer = await api.ok("POST", f"/api/assistant/{route}")
+    deterministic(answer)
+    assert not {"narrative", "narrative_stopped", "model"} & answer.keys()
+
+
+@pytest.mark.parametrize("route", ["analyze", "optimize"])
+@pytest.mark.parametrize(("body", "field"), [
+    ({"days": -3}, "days"),
+    ({"days": 10**12}, "days"),
+    ({"days": "seven"}, "days"),
+    ({"days": 2.5}, "days"),
+    ({"period": ["daily"]}, "period"),
+    ({"component": {"name": "x"}}, "component"),
+    ({"provider": 5}, "provider"),
+])
+async def test_hostile_analysis_bodies_are_refused(api, route, body, field):
+    assert_invalid(await api.admin("POST", f"/api/assistant/{route}", json=body), field)
+
+
 async def test_auth(api):
     for path in ("/api/assistant/analyze", "/api/assistant/optimize",
                  "/api/assistant/recommend-model"):

@@ -151,3 +151,110 @@ def test_assistant_model_must_name_provider_and_model(value):
 
     with pytest.raises(ValidationError, match="assistant_model"):
         Settings(assistant_model=value)
+
+
+# analyze and optimize: a narrative over the computed figures -------------------------------
+NARRATED = {"narrative", "llm_used", "model", "narrative_stopped", "note"}
+CLOCK = {"since", "until"}  # the range ends now: it moves between two calls
+
+
+async def record_spend(proxy, component: str = "codex", model: str = "gpt-4o") -> None:
+    resp = await proxy.api("POST", "/api/usage/record", json={
+        "provider": "openai", "model": model, "component": component,
+        "input_tokens": 120_000, "output_tokens": 9_000})
+    assert resp.status_code == 201, resp.text
+
+
+def figures(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k not in NARRATED | CLOCK | {"engine"}}
+
+
+async def assistant_answer(proxy, route: str, body: dict | None = None) -> dict:
+    resp = await proxy.api("POST", f"/api/assistant/{route}", json=body or {})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+@pytest.mark.parametrize("route", ["analyze", "optimize"])
+async def test_the_narrative_is_added_over_figures_that_stay_computed(
+        proxy_factory, fake, route):
+    proxy = await proxy_factory(assistant_model=MODEL)
+    await record_spend(proxy)
+    await record_spend(proxy, component="writer", model="gpt-4o-mini")
+    body = {"component": "codex", "days": 7}  # the assistant's own records stay outside
+    fake.configure(reply_chunks=["You spent $999 ", "on gpt-4o; switch to gpt-4o-mini."])
+    answer = await assistant_answer(proxy, route, body)
+    assert answer["llm_used"] is True and answer["model"] == MODEL
+    assert answer["engine"] == "deterministic"  # the figures' engine
+    assert answer["narrative"] == "You spent $999 on gpt-4o; switch to gpt-4o-mini."
+    assert answer["narrative_stopped"] is None and "figures are right" in answer["note"]
+    # the model was given the computed figures as data, with an output bound and no tools
+    (sent,) = [r.body for r in fake.requests_to(CHAT_PATH)]
+    assert 0 < sent["max_tokens"] <= 1024 and "tools" not in sent
+    given = orjson.loads(sent["messages"][1]["content"].split("\n", 1)[1])
+    assert {k: v for k, v in given.items() if k not in CLOCK} == figures(answer)
+    # the figures are the ones computed when the model fails, not the model's $999
+    fake.configure(fail_next=[(500, "server_error")])
+    without = await assistant_answer(proxy, route, body)
+    assert without["llm_used"] is False and without["narrative"] is None
+    assert without["narrative_stopped"] == "model_error" and "HTTP 500" in without["note"]
+    assert figures(without) == figures(answer)
+    total = answer["totals"]["total_cost"] if route == "analyze" else answer["total_cost"]
+    assert 0 < total < 999
+    records = await assistant_records(proxy)
+    assert records and {r["component"] for r in records} == {COMPONENT}
+    assert {r["model"] for r in records} == {"gpt-4o-mini"}
+
+
+@pytest.mark.parametrize("route", ["analyze", "optimize"])
+async def test_a_refused_narrative_leaves_the_computed_answer_with_a_note(
+        proxy_factory, fake, route):
+    proxy = await proxy_factory(assistant_model=MODEL)
+    await record_spend(proxy)
+    await proxy.api("POST", "/api/policies", json={
+        "period": "daily", "type": "hard_limit", "cost_limit": 0.000001,
+        "component": COMPONENT})
+    answer = await assistant_answer(proxy, route)
+    assert answer["llm_used"] is False and answer["narrative"] is None
+    assert answer["narrative_stopped"] == "budget_refused"
+    assert "No language model" in answer["note"] and COMPONENT in answer["note"]
+    assert fake.count(CHAT_PATH) == 0
+    assert (answer.get("findings") or answer.get("recommendations"))
+
+
+@pytest.mark.parametrize(("knobs", "stopped", "said"), [
+    ({"raw_next": [{"status": 200, "body": "not json"}]}, "model_error", "could not be read"),
+    ({"raw_next": [{"status": 200, "body": '{"choices": []}'}]}, "model_error",
+     "could not be read"),
+    ({"raw_next": [{"status": 200, "body": '{"choices": [{"message": "hi"}]}'}]},
+     "model_error", "could not be read"),
+    ({"reply_chunks": [""]}, "model_error", "no text"),
+    ({"fail_next": [(503, "server_error")]}, "model_error", "HTTP 503"),
+])
+async def test_a_broken_model_answer_never_breaks_analyze(proxy_factory, fake, knobs,
+                                                          stopped, said):
+    proxy = await proxy_factory(assistant_model=MODEL)
+    fake.configure(**knobs)
+    answer = await assistant_answer(proxy, "analyze")
+    assert answer["llm_used"] is False and answer["narrative"] is None
+    assert answer["narrative_stopped"] == stopped and said in answer["note"]
+    assert answer["findings"] == ["No usage recorded in the last 30 days."]
+
+
+async def test_a_slow_model_is_cut_at_the_narrative_time_bound(proxy_factory, fake,
+                                                              monkeypatch):
+    from budget_proxy.tools import chat as chat_module
+
+    monkeypatch.setattr(chat_module, "NARRATIVE_TIMEOUT_S", 0.2)
+    proxy = await proxy_factory(assistant_model=MODEL)
+    fake.configure(response_delay_s=5)
+    answer = await assistant_answer(proxy, "optimize")
+    assert answer["narrative_stopped"] == "time_limit" and answer["llm_used"] is False
+    assert "did not answer within 0.2 s" in answer["note"]
+
+
+async def test_an_assistant_model_on_a_provider_it_cannot_speak_degrades(proxy_factory, fake):
+    proxy = await proxy_factory(assistant_model="anthropic/claude-3-5-haiku-latest")
+    answer = await assistant_answer(proxy, "analyze")
+    assert answer["narrative_stopped"] == "model_error" and "anthropic" in answer["note"]
+    assert fake.count() == 0
