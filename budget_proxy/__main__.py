@@ -1,3 +1,6 @@
+"""`python -m budget_proxy`: the `budget` command line."""
+
 from budget_proxy.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -12,20 +12,24 @@
 Results are the pydantic models the server validates and answers with (`UsageCheckResult`,
 `BudgetAllocation`, ...). Errors are `BudgetError` subclasses: `BudgetConnectionError`
 (proxy unreachable), `BudgetAuthError` (401/403), `BudgetValidationError` (400/422, with the
-fields named in `details`), `BudgetNotFoundError`, `BudgetConflictError`.
+fields named in `details`), `BudgetNotFoundError`, `BudgetConflictError`,
+`BudgetStoreUnavailableError` (503, with `retry_after_s`).
 
 Both clients build every call with the same functions (`_calls`), so they cannot drift apart.
+`request()` sends any other admin API call over the same transport and error mapping (the
+`budget` CLI is built on it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
+import orjson
 from pydantic import TypeAdapter
 
 from budget_proxy.allocations import BudgetAllocation
@@ -55,11 +59,13 @@ class BudgetError(Exception):
     """The proxy refused or failed a call (or could not be reached)."""
 
     def __init__(self, message: str, status: int | None = None, error_type: str | None = None,
-                 details: list[dict[str, str]] | None = None) -> None:
+                 details: list[dict[str, str]] | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.details = details or []
+        self.retry_after_s = retry_after_s  # the answer's Retry-After, when it had one
 
 
 class BudgetConnectionError(BudgetError):
@@ -101,7 +107,7 @@ class _Call(Generic[T]):
     path: str
     parse: Callable[[httpx.Response], T]
     params: dict[str, Any] | None = None
-    json: dict[str, Any] | None = None
+    json: Any = None
 
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:
@@ -131,19 +137,34 @@ def _check(resp: httpx.Response) -> tuple[bool, UsageCheckResult]:
     return result.allowed, result
 
 
+def _json(resp: httpx.Response) -> Any:
+    """The answer's JSON; None when it has no body."""
+    return resp.json() if resp.content else None
+
+
+def _retry_after_s(resp: httpx.Response) -> float | None:
+    try:
+        return float(resp.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _raise_for(resp: httpx.Response) -> None:
+    """The one mapping of the admin API's error answers to `BudgetError`s."""
     if resp.status_code < 400:
         return
     try:
         err = resp.json().get("error", {})
     except (ValueError, AttributeError):
         err = {}
+    if not isinstance(err, dict):
+        err = {"message": str(err)}
     message = err.get("message") or resp.text or f"HTTP {resp.status_code}"
     if resp.status_code == 503:
         message = "budget store unavailable: " + message
     cls = _BY_STATUS.get(resp.status_code, BudgetError)
     raise cls(f"{resp.status_code}: {message}", resp.status_code, err.get("type"),
-              err.get("details"))
+              err.get("details"), _retry_after_s(resp))
 
 
 class _calls:  # a namespace of call builders shared by both clients
@@ -218,6 +239,28 @@ class BudgetClient(_Base):
             raise self._connection_error(exc) from exc
         _raise_for(resp)
         return call.parse(resp)
+
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                json: Any = None) -> Any:
+        """Any admin API call (`path` under the proxy's URL): its JSON answer, None when it
+        has none. `json` is sent as given; unset `params` are dropped."""
+        return self._run(_Call(method, path, _json, params=_params(params or {}), json=json))
+
+    def update_prices(self) -> Iterator[dict[str, Any]]:
+        """Fetch prices from the configured sources now: the progress events as the proxy
+        sends them, the last one `{"type": "report", "report": {...}}`."""
+        try:
+            with self._http.stream("POST", "/api/prices/update", params={"stream": "true"},
+                                   headers={"Accept": "application/x-ndjson"},
+                                   timeout=httpx.Timeout(self.timeout_s, read=None)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield orjson.loads(line)
+        except httpx.HTTPError as exc:
+            raise self._connection_error(exc) from exc
 
     # the seed README's two calls --------------------------------------------------------
     def check_budget(self, provider: str, model: str, input_text: str | None = None,
@@ -363,6 +406,12 @@ class AsyncBudgetClient(_Base):
             raise self._connection_error(exc) from exc
         _raise_for(resp)
         return call.parse(resp)
+
+    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                      json: Any = None) -> Any:
+        """Any admin API call: its JSON answer, None when it has none (see `BudgetClient`)."""
+        return await self._run(_Call(method, path, _json, params=_params(params or {}),
+                                     json=json))
 
     async def check_budget(self, provider: str, model: str, input_text: str | None = None,
                            component: str | None = None,

@@ -13,10 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from budget_proxy.cli import main
-from budget_proxy.cli_pricing import register
 from tests.conftest import free_port, start_proxy_process
-
-register(main)  # idempotent; the CLI module registers these commands itself when wired
 
 M = 1_000_000
 
@@ -111,23 +108,34 @@ def test_calc_cost_rejects_inconsistent_counts(server):
 def test_recommend(server):
     result = budget(server, "--json", "recommend", "--context-size", "100000",
                     "--output-size", "1000", "--tier", "remote_heavyweight", "--frequency",
-                    "50", "--limit", "3")
+                    "50", "--limit", "3", "--task-type", "summarization")
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert len(rows) == 3
-    costs = [r["cost_per_call_usd"] for r in rows]
-    assert costs == sorted(costs)
-    for row in rows:
-        assert row["context_window_tokens"] >= 101_000
-        by_hand = (100_000 * float(row["input_usd_per_mtok"])
-                   + 1_000 * float(row["output_usd_per_mtok"])) / M
-        assert row["cost_per_call_usd"] == pytest.approx(by_hand)
-        assert row["cost_per_month_usd"] == pytest.approx(by_hand * 50 * 30)
+    answer = json.loads(result.stdout)
+    assert (answer["task_type"], answer["complexity"]) == ("summarization", "simple")
+    options = answer["recommendations"]
+    assert len(options) == 3 and answer["best"] == options[0]
+    scores = [o["score"] for o in options]
+    assert scores == sorted(scores, reverse=True)
+    for option in options:
+        by_hand = (100_000 * option["input_usd_per_mtok"]
+                   + 1_000 * option["output_usd_per_mtok"]) / M
+        assert option["cost_per_request"] == pytest.approx(by_hand)
+        assert option["monthly_cost"] == pytest.approx(by_hand * 50 * 30)
+        assert option["tier"] == "remote_heavyweight"
+    capped = json.loads(budget(server, "--json", "recommend", "--max-cost", "0.0005",
+                               "--provider", "openai").stdout)
+    assert capped["recommendations"] and all(
+        o["within_budget"] and o["cost_per_request"] <= 0.0005 and o["provider"] == "openai"
+        for o in capped["recommendations"])
     table = budget(server, "recommend", "--context-size", "100000", "--output-size", "1000",
                    "--limit", "2")
-    assert "PER_MONTH_USD" in table.stdout and rows[0]["model"] in table.stdout
+    assert "PER_MONTH_USD" in table.stdout and "best: " in table.stdout
+    assert "e-0" not in table.stdout  # money as money
     none = budget(server, "recommend", "--max-cost", "0.0000001", "--context-size", "100000")
-    assert "no model fits" in none.stdout
+    assert none.exit_code == 0, none.output
+    assert "no model fits the budget" in none.stdout and " no " in none.stdout
+    bad = budget(server, "recommend", "--context-size", "-1")
+    assert bad.exit_code == 2
 
 
 def test_update_shows_progress_and_applies_what_both_sources_say(server):

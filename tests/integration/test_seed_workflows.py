@@ -21,7 +21,7 @@ from tests.cli.conftest import live as live  # the live stack fixture, re-export
 
 SEED = REPO.parent / "shared" / "seeds" / "002_277784f0b5fcb826.txt"
 SEED_PROGRAM = "python -m budget.cli.main"
-HAVE_PRICE_COMMANDS = importlib.util.find_spec("budget_proxy.cli_pricing") is not None
+HAVE_PRICE_COMMANDS = importlib.util.find_spec("budget_proxy.cli.prices") is not None
 # the guide's curl calls send no token: reads are open when only an admin token is set
 LIVE_ENV = {"BUDGET_VIEWER_TOKEN": None}
 

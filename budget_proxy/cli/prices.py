@@ -1,20 +1,29 @@
-"""Price commands of the `budget` CLI: `prices list|update|history`, `calc-cost`, `recommend`.
+"""Price commands: `prices list|update|history`, `calc-cost`, `recommend`.
 
-`register(group)` adds them to the main group (`budget_proxy.cli`). They talk to a running
-proxy's admin API, so they see the prices in force there (stored versions included).
-`calc-cost` and `recommend` fall back to the catalog packaged with this install when the proxy
-cannot be reached (or with `--offline`), and say so.
+They ask the running proxy, so they see the prices in force there (stored versions
+included). `calc-cost` and `recommend` fall back to the catalog packaged with this install
+when the proxy cannot be reached (or with `--offline`), and say so. `recommend` is the
+proxy's recommender (`budget_proxy.recommend`): its JSON is `/api/assistant/recommend-model`'s
+answer, and offline the same function over the packaged catalog.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import click
-import httpx
+from pydantic import ValidationError
+
+from budget_proxy.cli.common import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    AliasGroup,
+    CliError,
+    json_option,
+)
+from budget_proxy.cli.output import emit, money, table
+from budget_proxy.schemas import ModelRecommendation
 
 HELP_PROVIDER = "Provider (openai, anthropic, gemini, ...)."
 HELP_OFFLINE = "Use the catalog packaged with this install; do not ask the proxy."
@@ -23,42 +32,25 @@ HELP_OUTPUT = "Output tokens of the call, reasoning tokens included."
 HELP_CACHED = "Part of the input read from the prompt cache."
 HELP_CACHE_WRITE = "Part of the input written to the prompt cache."
 HELP_REASONING = "Part of the output that was reasoning."
-HELP_TASK_TYPE = "Kind of task: chat (default), completion, embedding, ..."
+HELP_TASK_TYPE = ("Kind of task: text_generation, chat, code_generation, analysis, "
+                  "summarization, classification, extraction, translation, embedding, ... "
+                  "(default: inferred from --description).")
+HELP_DESCRIPTION = "What the task is, in words (sets the task type when --task-type is not given)."
+HELP_PRIORITY = "What matters most (cost, speed, accuracy, ...): moves the price band."
 HELP_CONTEXT = "Input tokens per call (the context the model must hold)."
 HELP_OUTPUT_SIZE = "Output tokens per call."
 HELP_FREQUENCY = "Calls per day (for the daily and monthly cost)."
-HELP_MAX_COST = "Leave out models costing more than this many USD per call."
+HELP_MAX_COST = "Most USD a call may cost."
+HELP_BUDGET_LIMIT = "Most USD a day may cost at --frequency calls."
 HELP_LIMIT = "How many models to list."
+HELP_REC_PROVIDER = "Only this provider's models."
+HELP_REC_TIER = "Only models of this tier (a local tier offers ollama and vllm)."
 TIERS = ("local_lightweight", "local_midweight", "remote_heavyweight")
 PRICE_COLUMNS = ["provider", "model", "input", "output", "cache_read", "cache_write", "tier",
                  "pricing_id"]
+RECOMMEND_COLUMNS = ["provider", "model", "tier", "score", "per_call_usd", "per_day_usd",
+                     "per_month_usd", "within_budget"]
 UNITS_NOTE = "prices in USD per million tokens"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def register(group: click.Group) -> None:
-    """Add the price commands to ``group`` (idempotent)."""
-    if "prices" in group.commands:
-        return
-    group.add_command(prices)
-    group.add_command(calc_cost)
-    group.add_command(recommend)
-
-
-def _offline_fallback(exc: click.ClickException) -> bool:
-    """True when the proxy could not be reached at all (not when it answered an error)."""
-    return isinstance(exc.__cause__, httpx.TransportError)
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(dict)["json"] = True
-
-
-def json_option(func: F) -> F:
-    """`--json` after the command name too (`budget prices list --json`), as in `cli`."""
-    return click.option("--json", "as_json", is_flag=True, expose_value=False,
-                        callback=_set_json, help="Print machine-readable JSON.")(func)
 
 
 def _price_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +65,7 @@ def _price_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@click.group()
+@click.group(cls=AliasGroup)
 def prices() -> None:
     """Prices in force, their history, and price updates."""
 
@@ -88,11 +80,9 @@ def list_prices(obj: dict[str, Any], provider: str | None, model: str | None) ->
     params = {k: v for k, v in (("provider", provider), ("model", model)) if v}
     rows = obj["api"].request("GET", "/api/prices", params=params)
     if obj["json"]:
-        from budget_proxy.cli import emit
-
         emit(rows, True)
         return
-    _table([_price_row(r) for r in rows], PRICE_COLUMNS, UNITS_NOTE)
+    table([_price_row(r) for r in rows], PRICE_COLUMNS, UNITS_NOTE)
 
 
 @prices.command("history")
@@ -111,11 +101,9 @@ def history(obj: dict[str, Any], model: str, provider: str | None) -> None:
     rows = api.request("GET", f"/api/prices/{quote(provider, safe='')}/"
                               f"{quote(model, safe='')}/history")
     if obj["json"]:
-        from budget_proxy.cli import emit
-
         emit(rows, True)
         return
-    _table([_price_row(r) for r in rows],
+    table([_price_row(r) for r in rows],
            ["pricing_id", "effective_date", "end_date", "input", "output", "cache_read",
             "cache_write", "source", "verified", "current"], f"{provider}/{model}: {UNITS_NOTE}")
 
@@ -127,33 +115,16 @@ def update(obj: dict[str, Any]) -> None:
     """Fetch prices from the configured sources now; apply those the sources agree on.
 
     Progress is shown as it happens (on stderr); the outcome is printed at the end."""
-    from budget_proxy.cli import EXIT_UNREACHABLE, CliError, _error_of
-
-    api = obj["api"]
     report = None
-    try:
-        with httpx.stream("POST", f"{api.url}/api/prices/update", params={"stream": "true"},
-                          headers={**api.headers, "Accept": "application/x-ndjson"},
-                          timeout=httpx.Timeout(30.0, read=None)) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                raise _error_of(resp)
-            for line in resp.iter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "report":
-                    report = event["report"]
-                else:
-                    _show_progress(event)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach budget-proxy at {api.url}: {exc}",
-                       EXIT_UNREACHABLE) from exc
+    with obj["api"].errors() as client:
+        for event in client.update_prices():
+            if event.get("type") == "report":
+                report = event["report"]
+            else:
+                _show_progress(event)
     if report is None:
         raise click.ClickException("the update ended without a report")
     if obj["json"]:
-        from budget_proxy.cli import emit
-
         emit(report, True)
     else:
         _show_report(report)
@@ -225,21 +196,19 @@ def calc_cost(obj: dict[str, Any], provider: str, model: str, input_tokens: int,
     if not offline:
         try:
             result = obj["api"].request("POST", "/api/prices/calculate", json=body)
-        except click.ClickException as exc:
-            if not _offline_fallback(exc):
+        except CliError as exc:
+            if exc.exit_code != EXIT_UNREACHABLE:
                 raise
             click.echo(f"{exc.message}; using the packaged catalog", err=True)
     if result is None:
         result = _offline_cost(body)
     if obj["json"]:
-        from budget_proxy.cli import emit
-
         emit(result, True)
         return
     click.echo(f"{result['provider']}/{result['model']} ({result['pricing_id']})"
                + (" [ceiling price: model unknown]" if result.get("priced_at") == "ceiling"
                   else "") + (" [offline]" if result.get("offline") else ""))
-    _table([{"class": ln["class"], "tokens": ln["tokens"], "usd_per_mtok": ln["usd_per_mtok"],
+    table([{"class": ln["class"], "tokens": ln["tokens"], "usd_per_mtok": ln["usd_per_mtok"],
              "cost_usd": f"{ln['cost_usd']:.9f}"} for ln in result["lines"]],
            ["class", "tokens", "usd_per_mtok", "cost_usd"], None)
     click.echo(f"input ${result['input_cost']:.9f}  output ${result['output_cost']:.9f}  "
@@ -261,79 +230,86 @@ def _offline_cost(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("--task-type", default="chat", show_default=True, help=HELP_TASK_TYPE)
+@click.option("--task-type", default=None, help=HELP_TASK_TYPE)
+@click.option("--description", default="", help=HELP_DESCRIPTION)
+@click.option("--priority", "priority_areas", multiple=True, help=HELP_PRIORITY)
 @click.option("--context-size", type=click.IntRange(min=0), default=1000, show_default=True,
               help=HELP_CONTEXT)
 @click.option("--output-size", type=click.IntRange(min=0), default=500, show_default=True,
               help=HELP_OUTPUT_SIZE)
-@click.option("--tier", type=click.Choice(TIERS), default=None, help="Only models of this tier.")
+@click.option("--tier", type=click.Choice(TIERS), default=None, help=HELP_REC_TIER)
 @click.option("--frequency", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help=HELP_FREQUENCY)
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None, help=HELP_MAX_COST)
-@click.option("--limit", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--budget-limit", type=click.FloatRange(min=0), default=None,
+              help=HELP_BUDGET_LIMIT)
+@click.option("--limit", type=click.IntRange(1, 50), default=5, show_default=True,
               help=HELP_LIMIT)
-@click.option("--provider", default=None, help="Only this provider's models.")
+@click.option("--provider", default=None, help=HELP_REC_PROVIDER)
 @click.option("--offline", is_flag=True, help=HELP_OFFLINE)
 @json_option
 @click.pass_obj
-def recommend(obj: dict[str, Any], task_type: str, context_size: int, output_size: int,
-              tier: str | None, frequency: float, max_cost: float | None, limit: int,
-              provider: str | None, offline: bool) -> None:
-    """The cheapest models that fit a task's context and output size (and tier), with their
-    cost per call, per day and per month (30 days) at --frequency calls per day."""
-    from budget_proxy.pricing import PriceCatalog
-    from budget_proxy.pricing import recommend as rank
+def recommend(obj: dict[str, Any], task_type: str | None, description: str,
+              priority_areas: tuple[str, ...], context_size: int, output_size: int,
+              tier: str | None, frequency: float, max_cost: float | None,
+              budget_limit: float | None, limit: int, provider: str | None,
+              offline: bool) -> None:
+    """Models for a task, ranked by how well their price level fits the task's complexity,
+    within --max-cost per call and --budget-limit per day, with their cost per call, per day
+    and per month (30 days) at --frequency calls per day. The same answer as the proxy's
+    /api/assistant/recommend-model."""
+    from budget_proxy.recommend import RecommendQuery
 
-    entries = None
+    fields = {"task_type": task_type, "task_description": description,
+              "priority_areas": list(priority_areas) or None, "input_length": context_size,
+              "output_length": output_size, "tier": tier, "usage_frequency": frequency,
+              "max_cost": max_cost, "budget_limit": budget_limit, "limit": limit,
+              "provider": provider}
+    try:
+        query = RecommendQuery.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    answer = None
     if not offline:
         try:
-            rows = obj["api"].request("GET", "/api/prices",
-                                      params={"provider": provider} if provider else {})
-            entries = [_price_from_view(r) for r in rows]
-        except click.ClickException as exc:
-            if not _offline_fallback(exc):
+            with obj["api"].errors() as client:
+                answer = client.recommend_model(**query.model_dump(mode="json",
+                                                                   exclude_unset=True))
+        except CliError as exc:
+            if exc.exit_code != EXIT_UNREACHABLE:
                 raise
             click.echo(f"{exc.message}; using the packaged catalog", err=True)
-    if entries is None:
-        entries = [e for e in PriceCatalog.load_default()
-                   if provider is None or e.provider == provider]
-    found = rank(entries, context_tokens=context_size, output_tokens=output_size, tier=tier,
-                 task_type=task_type, calls_per_day=frequency, max_cost_usd=max_cost,
-                 limit=limit)
+    if answer is None:
+        answer = _offline_recommendation(query)
     if obj["json"]:
-        from budget_proxy.cli import emit
-
-        emit(found, True)
+        emit(answer.model_dump(mode="json"), True)
         return
-    if not found:
-        click.echo("no model fits (context, output size, tier and cost limit)")
+    _show_recommendation(answer, query)
+
+
+def _offline_recommendation(query: Any) -> ModelRecommendation:
+    from budget_proxy.pricing import PriceCatalog
+    from budget_proxy.recommend import recommend_models
+
+    return recommend_models(PriceCatalog.load_default(), query)
+
+
+def _show_recommendation(answer: ModelRecommendation, query: Any) -> None:
+    sizes = f"{query.input_length:,} tokens in" + (
+        "" if query.output_length == 0 else f", {query.output_length:,} out")
+    note = (f"{answer.task_type} ({answer.complexity}): {sizes}, "
+            f"{query.usage_frequency:g} calls/day")
+    if not answer.recommendations:
+        click.echo("no model fits (context, output size, tier, provider)")
         return
-    _table([{"provider": r["provider"], "model": r["model"], "tier": r["tier"],
-             "context": r["context_window_tokens"], "per_call_usd": _usd(r["cost_per_call_usd"]),
-             "per_day_usd": _usd(r["cost_per_day_usd"]),
-             "per_month_usd": _usd(r["cost_per_month_usd"])} for r in found],
-           ["provider", "model", "tier", "context", "per_call_usd", "per_day_usd",
-            "per_month_usd"],
-           f"{task_type}: {context_size} tokens in"
-           + ("" if found[0]["mode"] == "embedding" else f", {output_size} out")
-           + f", {frequency:g} calls/day")
-
-
-def _usd(value: float) -> str:
-    return f"{value:.2f}" if value >= 100 else f"{value:.6f}"
-
-
-def _price_from_view(row: dict[str, Any]) -> Any:
-    from budget_proxy.pricing import ModelPrice, VersionedPrice
-
-    fields = {k: row[k] for k in ModelPrice.model_fields if k in row}
-    fields["effective_date"] = str(row["effective_date"])[:10]
-    return VersionedPrice(**fields, version_id=row["pricing_id"])
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str], note: str | None) -> None:
-    from budget_proxy.cli import emit
-
-    if note:
-        click.echo(f"# {note}")
-    emit(rows, False, columns)
+    table([{"provider": o.provider, "model": o.model, "tier": o.tier, "score": o.score,
+            "per_call_usd": money(o.cost_per_request, exact=True),
+            "per_day_usd": money(o.daily_cost, exact=True),
+            "per_month_usd": money(o.monthly_cost, exact=True),
+            "within_budget": "yes" if o.within_budget else "no"}
+           for o in answer.recommendations], RECOMMEND_COLUMNS, note)
+    if answer.best is None:
+        click.echo("no model fits the budget (--max-cost, --budget-limit): the cheapest are "
+                   "shown")
+    else:
+        click.echo(f"best: {answer.best.provider}/{answer.best.model}: {answer.best.reason}")
