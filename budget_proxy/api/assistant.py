@@ -371,7 +371,8 @@ async def recommend_model(request: web.Request) -> web.Response:
 def recommend(app: State, req: RecommendModelRequest) -> ModelRecommendation:
     """`budget_proxy.recommend` over the prices in force: the answer of `recommend-model`,
     the `recommend_model` tool and the CLI's `recommend`."""
-    return recommend_models(app[CATALOG], req)
+    catalog = app[CATALOG]
+    return recommend_models(catalog, req)
 
 
 # chat -----------------------------------------------------------------------------------

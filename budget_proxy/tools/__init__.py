@@ -188,7 +188,8 @@ async def calc_cost(app: State, args: CalculateRequest) -> Any:
 
 
 async def recommend_model(app: State, args: RecommendQuery) -> Any:
-    return recommend_models(app[CATALOG], args)
+    catalog = app[CATALOG]
+    return recommend_models(catalog, args)
 
 
 async def list_allocations(app: State, args: AllocationQuery) -> Any:
