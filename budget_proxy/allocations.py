@@ -32,6 +32,31 @@ flight, each hold is settled at what its tracker recorded: the used part becomes
 budget line, the unused rest is released back to it. Settlements are idempotent by
 reservation id, so a release retried on several replicas (or by the sweeper) counts once.
 
+**Priority: who is served first.** When the budgets cannot cover a new allocation, active
+allocations of *lower* priority holding the same budget lines give up unused tokens until it
+fits: lowest priority first, the newest first within a priority, each only what is still
+short (`preemption_plan`, pure). An allocation of equal or higher priority is never touched,
+and nothing is touched unless the lower ones together can cover the shortfall; otherwise the
+409 names the policy and the allocations that hold it. A pre-empted allocation stays active
+with fewer tokens (at most down to what it has used and has in flight); its owner gets an
+`allocation_preempted` event on the `allocations` topic and an alert. Shrinking uses the
+store's ordinary calls, in an order that can only hold too much, never too little:
+1. `alloc:{id}:yield:{k}` reserves the tokens given up on the allocation's own enforced line
+   (so it succeeds only if they are unused, atomically against the allocation's draws) and
+   is settled there: the allocation can never draw them again;
+2. each hold is replaced: the smaller hold is reserved first (unenforced: those tokens were
+   already held), the document saved, then the old hold released;
+3. the new allocation's holds are reserved as always, enforced: if another request took the
+   freed tokens in between, it is refused (409) like any allocation that does not fit.
+The races that remain cost availability, never budget: between 2's reserve and release a
+line briefly counts both holds (requests may be refused that a moment later would pass); a
+process dying inside 2 leaves a hold that the reaper drops at its deadline (up to
+`NO_EXPIRY_HOLD_S` for an allocation without expiry); a release of the victim on another
+replica at the same moment can overwrite the shrunk document, whose replaced holds then wait
+for the reaper; and in 3, when a request or another replica's allocation took the freed
+tokens first, the victims stay shrunk and the new allocation is refused (creations in one
+process are serialized, so this needs two replicas or requests in between).
+
 While active, a held budget line shows the whole hold as *reserved*; after release it shows
 what the allocation's requests used as *spent*. Expiry is a release done by the sweeper
 (`sweep`). If the process is gone past the hold's deadline, the reaper drops the holds: the
@@ -40,12 +65,14 @@ budget then never sees the allocation's use, but every usage record is still kep
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -69,6 +96,9 @@ from budget_proxy.pricing import PriceCatalog
 from budget_proxy.schemas import assume_utc
 from budget_proxy.store.base import Reservation, Store
 from budget_proxy.usage import worst_case_nusd
+
+if TYPE_CHECKING:
+    from budget_proxy.alerts import Alerts
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +137,9 @@ class AllocationRequest(BaseModel):
     model: str | None = None
     task_type: str | None = None
     priority: Annotated[int, Bound(0, 1000)] = Field(
-        5, description="Stored and reported; higher first.")
+        5, description="Higher is served first: when the budgets cannot cover this "
+        "allocation, active allocations of lower priority on the same budgets give up "
+        "unused tokens (lowest priority, newest first) until it fits.")
     budget_id: str | None = Field(
         None, description="Hold only on this budget's policies (default: every budget's)."
     )
@@ -131,6 +163,15 @@ class AllocationHold(BaseModel):
     reservation_id: str
     cost_nusd: int
     tokens: int
+
+
+class Preemption(BaseModel):
+    """Unused tokens one allocation gave up to a higher-priority one."""
+
+    allocation_id: str = Field(description="The allocation that gave the tokens up.")
+    by: str = Field(description="The allocation they went to.")
+    tokens: int
+    cost_nusd: int = 0
 
 
 class BudgetAllocation(BaseModel):
@@ -161,11 +202,22 @@ class BudgetAllocation(BaseModel):
     released_at: datetime | None = None
     finalized: bool = False
     holds: list[AllocationHold] = Field(default_factory=list)
+    tokens_yielded: int = Field(0, description="Tokens given up to higher priorities.")
+    cost_yielded_nusd: int = 0
+    preempted: list[Preemption] = Field(
+        default_factory=list, description="Tokens this allocation took from lower priorities "
+        "when it was created, and tokens it gave up to higher ones since.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def cost_limit_nusd(self) -> int | None:
-        return self.hold_cost_nusd or None
+        """Cost cap of the `alloc:{id}` line: what was ever held (yields are spend there)."""
+        return (self.hold_cost_nusd + self.cost_yielded_nusd) or None
+
+    @property
+    def limit_tokens(self) -> int:
+        """Token cap of the `alloc:{id}` line: what was ever held (yields are spend there)."""
+        return self.tokens_allocated + self.tokens_yielded
 
     def expired(self, now: datetime) -> bool:
         return self.expiration_time is not None and self.expiration_time <= now
@@ -175,22 +227,85 @@ class BudgetAllocation(BaseModel):
         if self.finalized:
             return self
         closed = 0 if self.state is AllocationState.ACTIVE else self.tokens_allocated
-        used = max(0, totals.spent_tokens - closed)
+        used = max(0, totals.spent_tokens - closed - self.tokens_yielded)
         in_flight = totals.reserved_tokens
         return self.model_copy(update={
             "tokens_used": used, "tokens_reserved": in_flight,
             "remaining_tokens": max(0, self.tokens_allocated - used - in_flight)
             if self.state is AllocationState.ACTIVE else 0,
-            "cost_used": nusd_to_usd(totals.spent_nusd),
+            "cost_used": nusd_to_usd(max(0, totals.spent_nusd - self.cost_yielded_nusd)),
         })
 
 
 @dataclass(frozen=True, slots=True)
 class AllocationRefused:
-    """Creation refused: the covered line that could not hold the tokens."""
+    """Creation refused: the covered line that could not hold the tokens, and the active
+    allocations of equal or higher priority holding it (they are never pre-empted)."""
 
     policy_id: str
     message: str
+    blocking: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """What a budget line lacks to hold a new allocation."""
+
+    key: str
+    tokens: int
+    cost_nusd: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """An active allocation that may give tokens up: its unused tokens, on the lines it holds."""
+
+    allocation_id: str
+    priority: int
+    created: datetime
+    unused_tokens: int
+    tokens_allocated: int
+    hold_cost_nusd: int
+    keys: frozenset[str]
+
+    def cost_of(self, tokens: int) -> int:
+        """Cost its hold gives back with `tokens` (at least; the shrink rounds in its favour)."""
+        if self.tokens_allocated <= 0:
+            return 0
+        return self.hold_cost_nusd * tokens // self.tokens_allocated
+
+
+def preemption_plan(
+    priority: int, shortfalls: Sequence[Shortfall], holders: Sequence[Holder]
+) -> list[tuple[str, int]] | None:
+    """Which allocations give up how many unused tokens so every shortfall is covered:
+    only those of lower `priority` holding a short line; lowest priority first, newest first
+    within a priority; each gives what its lines still lack, at most its unused tokens.
+    None when all of them together cannot cover it (then none should be touched)."""
+    need = {s.key: [max(0, s.tokens), max(0, s.cost_nusd)] for s in shortfalls}
+    plan: list[tuple[str, int]] = []
+    order = sorted((h for h in holders if h.priority < priority and h.unused_tokens > 0),
+                   key=lambda h: (h.priority, -h.created.timestamp(), h.allocation_id))
+    for holder in order:
+        short = [k for k in holder.keys if k in need and (need[k][0] > 0 or need[k][1] > 0)]
+        if not short:
+            continue
+        take = 0
+        for key in short:
+            tokens, cost = need[key]
+            for_cost = (math.ceil(cost * holder.tokens_allocated / holder.hold_cost_nusd)
+                        if cost > 0 and holder.hold_cost_nusd > 0 else 0)
+            take = max(take, tokens, for_cost)
+        take = min(take, holder.unused_tokens)
+        if take <= 0:
+            continue
+        for key in short:
+            need[key][0] -= take
+            need[key][1] -= holder.cost_of(take)
+        plan.append((holder.allocation_id, take))
+        if all(t <= 0 and c <= 0 for t, c in need.values()):
+            return plan
+    return plan if all(t <= 0 and c <= 0 for t, c in need.values()) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +355,7 @@ def drawn_lines(alloc: BudgetAllocation, lines: Sequence[CounterLine]) -> list[C
     allocation is what a refusal names), held lines swapped for their trackers."""
     held = {h.key for h in alloc.holds}
     aid = alloc.allocation_id
-    out = [CounterLine(allocation_key(aid), alloc.cost_limit_nusd, alloc.tokens_allocated,
+    out = [CounterLine(allocation_key(aid), alloc.cost_limit_nusd, alloc.limit_tokens,
                        True, aid, None)]
     for line in lines:
         if line.key in held:
@@ -283,12 +398,17 @@ class Allocations:
     def __init__(
         self, store: Store, catalog: PriceCatalog, tz: ZoneInfo, *,
         reservation_ttl_s: float = 600.0, events: EventBus | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.tz = tz
         self.reservation_ttl_s = reservation_ttl_s
         self.events = events
+        self.alerts = alerts
+        # one creation at a time in this process, so a pre-emption's freed tokens go to the
+        # allocation it was made for (across replicas, another may take them: a 409)
+        self._creating = asyncio.Lock()
 
     def covered_lines(
         self, req: AllocationRequest, policies: Sequence[BudgetPolicy], hold_cost_nusd: int,
@@ -313,20 +433,20 @@ class Allocations:
         hold_cost = max(worst_case_nusd(n, 0, price), worst_case_nusd(0, n, price)) if price else 0
         lines = self.covered_lines(req, policies, hold_cost, tier)
         aid = new_id("alloc")
-        hold_ttl_s = NO_EXPIRY_HOLD_S if expiration is None else max(
-            1.0, (expiration - now).total_seconds()) + HOLD_GRACE_S
-        holds: list[AllocationHold] = []
+        hold_ttl_s = _hold_ttl_s(expiration, now)
+        taken: list[Preemption] = []
+        async with self._creating:
+            placed = await self._hold(aid, "hold", lines, n, hold_cost, hold_ttl_s)
+            if isinstance(placed, AllocationRefused):
+                plan, refusal = await self._plan(req.priority, lines, n, hold_cost, placed)
+                if plan is None:
+                    return refusal
+                taken = await self._preempt(plan, aid, req.priority)
+                placed = await self._hold(aid, "hold2", lines, n, hold_cost, hold_ttl_s)
+        if isinstance(placed, AllocationRefused):
+            return placed
+        holds = placed
         try:
-            for index, line in enumerate(lines):
-                hold = AllocationHold(policy_id=line.policy_id, key=line.key,
-                                      reservation_id=f"{aid}:hold:{index}",
-                                      cost_nusd=hold_cost, tokens=n)
-                result = await self.store.reserve(_hold_reservation(hold), [line], hold_ttl_s)
-                if not result.ok:
-                    await self._release_holds(holds)
-                    return AllocationRefused(line.policy_id,
-                                             _refusal_text(line, result.totals[0], hold))
-                holds.append(hold)
             alloc = BudgetAllocation(
                 allocation_id=aid, budget_id=req.budget_id, context_id=req.context_id,
                 component=req.component, tokens_allocated=n, remaining_tokens=n,
@@ -334,7 +454,7 @@ class Allocations:
                 hold_cost_nusd=hold_cost,
                 tier=tier, provider=req.provider, model=req.model, task_type=req.task_type,
                 priority=req.priority, creation_time=now, expiration_time=expiration,
-                holds=holds, metadata=req.metadata,
+                holds=holds, preempted=taken, metadata=req.metadata,
             )
             await self._save(alloc)
             await self.store.put_doc(OPEN_KIND, aid, orjson.dumps({"allocation_id": aid}).decode())
@@ -345,6 +465,134 @@ class Allocations:
             raise
         self._publish("allocation_created", alloc)
         return alloc
+
+    async def _hold(
+        self, aid: str, tag: str, lines: Sequence[CounterLine], tokens: int, cost_nusd: int,
+        ttl_s: float,
+    ) -> list[AllocationHold] | AllocationRefused:
+        """One enforced hold per line, or none (those placed are released) and the refusal."""
+        holds: list[AllocationHold] = []
+        try:
+            for index, line in enumerate(lines):
+                hold = AllocationHold(policy_id=line.policy_id, key=line.key,
+                                      reservation_id=f"{aid}:{tag}:{index}",
+                                      cost_nusd=cost_nusd, tokens=tokens)
+                result = await self.store.reserve(_hold_reservation(hold), [line], ttl_s)
+                if not result.ok:
+                    await self._release_holds(holds)
+                    return AllocationRefused(line.policy_id,
+                                             _refusal_text(line, result.totals[0], hold))
+                holds.append(hold)
+        except BaseException:
+            await self._release_holds(holds)
+            raise
+        return holds
+
+    async def _plan(
+        self, priority: int, lines: Sequence[CounterLine], tokens: int, cost_nusd: int,
+        refused: AllocationRefused,
+    ) -> tuple[list[tuple[str, int]] | None, AllocationRefused]:
+        """The pre-emption that lets the allocation fit, or None and the refusal naming the
+        allocations of equal or higher priority holding the short lines."""
+        totals = await self.store.totals([ln.key for ln in lines])
+        shortfalls = [Shortfall(
+            line.key,
+            tokens - (line.limit_tokens - t.used_tokens) if line.limit_tokens is not None else 0,
+            cost_nusd - (line.limit_nusd - t.used_nusd) if line.limit_nusd is not None else 0,
+        ) for line, t in zip(lines, totals, strict=True)]
+        short = {s.key for s in shortfalls if s.tokens > 0 or s.cost_nusd > 0}
+        now = self.store.now()
+        active = [a for a in await self.find(active=True) if not a.expired(now)]
+        holders = [Holder(a.allocation_id, a.priority, a.creation_time, a.remaining_tokens,
+                          a.tokens_allocated, a.hold_cost_nusd,
+                          frozenset(h.key for h in a.holds))
+                   for a in active if any(h.key in short for h in a.holds)]
+        plan = preemption_plan(priority, shortfalls, holders)
+        if plan is not None:
+            return plan, refused
+        blocking = tuple(h.allocation_id for h in holders if h.priority >= priority)
+        message = refused.message
+        if blocking:
+            message += ("; held by allocations of equal or higher priority (never pre-empted): "
+                        + ", ".join(f"{a.allocation_id} (priority {a.priority})"
+                                    for a in active if a.allocation_id in blocking))
+        lower = [h for h in holders if h.priority < priority]
+        if lower:
+            message += (f"; the {sum(h.unused_tokens for h in lower)} unused tokens of lower "
+                        "priority allocations are not enough")
+        return None, AllocationRefused(refused.policy_id, message, blocking)
+
+    async def _preempt(
+        self, plan: Sequence[tuple[str, int]], by: str, priority: int
+    ) -> list[Preemption]:
+        """Shrink each planned allocation; what was actually taken (an allocation that drew
+        the tokens in the meantime gives nothing)."""
+        taken = []
+        for victim_id, tokens in plan:
+            done = await self.shrink(victim_id, tokens, by=by, by_priority=priority)
+            if done is not None:
+                taken.append(done)
+        return taken
+
+    async def shrink(
+        self, allocation_id: str, tokens: int, *, by: str, by_priority: int
+    ) -> Preemption | None:
+        """Take `tokens` unused tokens from an active allocation and hand them back to the
+        budgets it holds (see the module docstring for the order of the steps). None when
+        they are not unused any more, or the allocation is not active."""
+        alloc = await load(self.store, allocation_id)
+        if alloc is None or alloc.state is not AllocationState.ACTIVE or tokens <= 0:
+            return None
+        n = alloc.tokens_allocated
+        tokens = min(tokens, n)
+        new_n = n - tokens
+        new_cost = alloc.hold_cost_nusd * new_n // n if n else 0
+        cost = alloc.hold_cost_nusd - new_cost
+        own = allocation_key(allocation_id)
+        give = Reservation(f"{allocation_id}:yield:{new_id('y')}", (own,), cost, tokens,
+                           requests=0)
+        result = await self.store.reserve(
+            give, [CounterLine(own, alloc.cost_limit_nusd, alloc.limit_tokens, True,
+                               allocation_id)], self.reservation_ttl_s)
+        if not result.ok:
+            return None
+        await self.store.settle(give, cost, tokens, None)
+        now = self.store.now()
+        ttl_s = _hold_ttl_s(alloc.expiration_time, now)
+        tag = give.reservation_id.rsplit(":", 1)[1]
+        smaller = [h.model_copy(update={"reservation_id": f"{allocation_id}:hold:{i}:{tag}",
+                                        "tokens": new_n, "cost_nusd": new_cost})
+                   for i, h in enumerate(alloc.holds)]
+        for hold in smaller:  # those tokens were held already: not checked again
+            await self.store.reserve(_hold_reservation(hold), [
+                CounterLine(hold.key, None, None, False, hold.policy_id)], ttl_s)
+        preemption = Preemption(allocation_id=allocation_id, by=by, tokens=tokens,
+                                cost_nusd=cost)
+        shrunk = alloc.model_copy(update={
+            "tokens_allocated": new_n, "hold_cost_nusd": new_cost,
+            "cost_allocated": nusd_to_usd(new_cost) if new_cost else None,
+            "tokens_yielded": alloc.tokens_yielded + tokens,
+            "cost_yielded_nusd": alloc.cost_yielded_nusd + cost,
+            "holds": smaller, "preempted": [*alloc.preempted, preemption]})
+        await self._save(shrunk)
+        await self._release_holds(alloc.holds)
+        (totals,) = await self.store.totals([own])
+        live = shrunk.with_totals(totals)
+        if self.events is not None:
+            self.events.publish("allocations", "allocation_preempted", {
+                **live.model_dump(mode="json"), "preemption": preemption.model_dump()})
+        if self.alerts is not None:
+            await self.alerts.raise_alert(
+                "allocation_preempted",
+                f"Allocation {allocation_id} (component {alloc.component}, context "
+                f"{alloc.context_id}, priority {alloc.priority}) gave {tokens} unused tokens to "
+                f"allocation {by} of priority {by_priority}; {new_n} tokens remain allocated.",
+                dedupe_key=f"preempted|{give.reservation_id}",
+                budget_id=alloc.budget_id, data={
+                    "allocation_id": allocation_id, "component": alloc.component,
+                    "context_id": alloc.context_id, "by": by, "tokens": tokens,
+                    "tokens_allocated": new_n})
+        return preemption
 
     async def get(self, allocation_id: str) -> BudgetAllocation | None:
         alloc = await load(self.store, allocation_id)
@@ -447,6 +695,13 @@ class Allocations:
     def _publish(self, event_type: str, alloc: BudgetAllocation) -> None:
         if self.events is not None:
             self.events.publish("allocations", event_type, alloc.model_dump(mode="json"))
+
+
+def _hold_ttl_s(expiration: datetime | None, now: datetime) -> float:
+    """Holds last until the allocation's expiry plus a grace period for the sweeper."""
+    if expiration is None:
+        return NO_EXPIRY_HOLD_S
+    return max(1.0, (expiration - now).total_seconds()) + HOLD_GRACE_S
 
 
 def _hold_reservation(hold: AllocationHold) -> Reservation:

@@ -232,7 +232,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[ALERTS] = Alerts(settings, app[STORE], app[EVENTS], app[POLICIES], app[METRICS])
     app[ALLOCATIONS] = Allocations(app[STORE], app[CATALOG], ZoneInfo(settings.timezone),
                                    reservation_ttl_s=settings.reservation_ttl_s,
-                                   events=app[EVENTS])
+                                   events=app[EVENTS], alerts=app[ALERTS])
     app[KEYS] = KeyRing(app[STORE])
     app[STORE_SEEDED] = asyncio.Event()
     app.cleanup_ctx.extend([_store_ctx, _redis_ctx, _http_ctx, _admin_ctx, _loops_ctx,

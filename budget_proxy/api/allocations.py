@@ -22,9 +22,12 @@ async def list_allocations(request: web.Request) -> web.Response:
 
 
 async def create_allocation(request: web.Request) -> web.Response:
-    """Hold `tokens_allocated` tokens on the budgets covering the allocation, or refuse (409,
-    naming the policy) if they cannot cover it. Requests with `X-Budget-Allocation: ID` or
-    `X-Budget-Context: CONTEXT_ID` then draw it down and stop at the allocated tokens."""
+    """Hold `tokens_allocated` tokens on the budgets covering the allocation. When they cannot
+    cover it, active allocations of lower `priority` on the same budgets give up unused tokens
+    (lowest priority, newest first; listed in `preempted`); otherwise 409, naming the policy
+    and the allocations of equal or higher priority that hold it. Requests with
+    `X-Budget-Allocation: ID` or `X-Budget-Context: CONTEXT_ID` then draw it down and stop at
+    the allocated tokens."""
     req = await read_model(request, AllocationRequest)
     if isinstance(req, web.Response):
         return req
@@ -32,8 +35,10 @@ async def create_allocation(request: web.Request) -> web.Response:
     await policies.refresh()
     result = await request.config_dict[ALLOCATIONS].create(req, policies.policies)
     if isinstance(result, AllocationRefused):
-        return api_error(409, "budget_exceeded", result.message,
-                         [{"field": "tokens_allocated", "reason": result.message}])
+        details = [{"field": "tokens_allocated", "reason": result.message},
+                   *({"field": "priority", "reason": f"held by allocation {aid} of equal or "
+                      "higher priority"} for aid in result.blocking)]
+        return api_error(409, "budget_exceeded", result.message, details)
     return json_response(result, 201)
 
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import openai
 import pytest
+
+from tests.integration.conftest import HAVE_REDIS, WHY_NOT
+from tests.integration.test_websockets import connect, next_event
 
 TOKEN_LIMIT = 100_000
 
@@ -231,3 +235,135 @@ async def test_allocations_survive_a_restart(proxy_factory, fake):
     await post(second, f"/api/allocations/{alloc['allocation_id']}/release", {}, 200)
     row = await policy_row(second, policy["policy_id"])
     assert (row["spent"], row["reserved"]) == (20, 0)
+
+
+# priority: who is served first ----------------------------------------------------------------
+@pytest.fixture(params=["embedded", "redis"])
+async def backend(request: pytest.FixtureRequest, proxy_factory):
+    if request.param == "redis":
+        if not HAVE_REDIS:
+            pytest.skip(WHY_NOT)
+        return await proxy_factory(redis_url=request.getfixturevalue("redis_url"))
+    return await proxy_factory()
+
+
+async def live(proxy, aid: str) -> dict:
+    resp = await proxy.api("GET", f"/api/allocations/{aid}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+async def draw(proxy, alloc: dict, tokens: int) -> None:
+    """Usage of `tokens` reported on the allocation (as a component doing its work would)."""
+    await post(proxy, "/api/usage/record", {
+        "context_id": alloc["context_id"], "allocation_id": alloc["allocation_id"],
+        "component": alloc["component"], "provider": "openai", "model": "gpt-4o-mini",
+        "input_tokens": tokens // 2, "output_tokens": tokens - tokens // 2})
+
+
+async def test_a_higher_priority_allocation_takes_unused_tokens_from_the_lowest(backend, fake):
+    proxy = backend
+    policy = await token_policy(proxy, limit=1000)
+    low = await allocate(proxy, 600, priority=1, context_id="low", component="batch")
+    mid = await allocate(proxy, 300, priority=3, context_id="mid")
+    await draw(proxy, low, 100)
+    async with aiohttp.ClientSession() as session:
+        allocations = await connect(session, proxy, "allocations")
+        high = await allocate(proxy, 500, priority=5, context_id="high")
+        event = await next_event(allocations, "allocation_preempted")
+        await allocations.close()
+    # 100 were free; the other 400 come from the lowest priority, which had 500 unused
+    assert high["preempted"] == [{"allocation_id": low["allocation_id"],
+                                  "by": high["allocation_id"], "tokens": 400, "cost_nusd": 0}]
+    assert event["payload"]["allocation_id"] == low["allocation_id"]
+    assert event["payload"]["component"] == "batch"
+    assert event["payload"]["preemption"]["tokens"] == 400
+    shrunk = await live(proxy, low["allocation_id"])
+    assert shrunk["state"] == "active" and shrunk["tokens_allocated"] == 200
+    assert (shrunk["tokens_used"], shrunk["remaining_tokens"]) == (100, 100)
+    assert shrunk["tokens_yielded"] == 400
+    assert (await live(proxy, mid["allocation_id"]))["tokens_allocated"] == 300
+    row = await policy_row(proxy, policy["policy_id"])
+    assert (row["reserved"], row["spent"]) == (200 + 300 + 500, 0)  # never past the limit
+    alerts = (await proxy.api("GET", "/api/alerts")).json()
+    (alert,) = [a for a in alerts if a["type"] == "allocation_preempted"]
+    assert alert["data"]["component"] == "batch" and alert["data"]["tokens"] == 400
+    # the shrunk allocation stops at its new size
+    await draw(proxy, low, 100)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await chat(oai(proxy, **{"X-Budget-Allocation": low["allocation_id"]}), max_tokens=10)
+    assert refused.value.response.headers["X-Budget-Policy"] == low["allocation_id"]
+    # released, each hands back what it did not use: only the low one's 200 were spent
+    for alloc in (low, mid, high):
+        await post(proxy, f"/api/allocations/{alloc['allocation_id']}/release", {}, 200)
+    row = await policy_row(proxy, policy["policy_id"])
+    assert (row["reserved"], row["spent"]) == (0, 200)
+    assert (await live(proxy, low["allocation_id"]))["tokens_used"] == 200
+
+
+async def test_equal_or_higher_priority_is_never_preempted_and_the_409_names_it(backend):
+    proxy = backend
+    policy = await token_policy(proxy, limit=1000)
+    same = await allocate(proxy, 800, priority=5, context_id="same")
+    refused = await allocate(proxy, 400, status=409, priority=5, context_id="new")
+    message = refused["error"]["message"]
+    assert policy["policy_id"] in message and same["allocation_id"] in message
+    assert "equal or higher priority" in message
+    assert {"field": "priority", "reason": f"held by allocation {same['allocation_id']} of "
+            "equal or higher priority"} in refused["error"]["details"]
+    assert (await live(proxy, same["allocation_id"]))["tokens_allocated"] == 800
+    assert (await policy_row(proxy, policy["policy_id"]))["reserved"] == 800
+    above = await allocate(proxy, 400, priority=6, context_id="above")
+    assert above["preempted"][0]["tokens"] == 200  # only what was short
+    assert (await live(proxy, same["allocation_id"]))["tokens_allocated"] == 600
+
+
+async def test_nothing_is_taken_when_the_lower_priorities_cannot_cover_it(backend):
+    proxy = backend
+    policy = await token_policy(proxy, limit=1000)
+    low = await allocate(proxy, 500, priority=1, context_id="low")
+    top = await allocate(proxy, 500, priority=9, context_id="top")
+    await draw(proxy, low, 400)  # 100 unused
+    refused = await allocate(proxy, 300, status=409, priority=5, context_id="new")
+    assert "not enough" in refused["error"]["message"]
+    assert top["allocation_id"] in refused["error"]["message"]
+    assert (await live(proxy, low["allocation_id"]))["tokens_allocated"] == 500
+    assert (await policy_row(proxy, policy["policy_id"]))["reserved"] == 1000
+    events = (await proxy.api("GET", "/api/alerts")).json()
+    assert not [a for a in events if a["type"] == "allocation_preempted"]
+
+
+async def test_a_priced_allocation_frees_cost_on_a_cost_limit(backend):
+    proxy = backend
+    cost_policy = await post(proxy, "/api/policies", {
+        "period": "daily", "type": "hard_limit", "cost_limit": 0.001})
+    priced = {"provider": "openai", "model": "gpt-4o-mini"}  # 0.60 USD per M output tokens
+    low = await allocate(proxy, 1000, priority=1, context_id="low", **priced)  # $0.0006
+    high = await allocate(proxy, 1000, priority=2, context_id="high", **priced)
+    (taken,) = high["preempted"]
+    assert taken["allocation_id"] == low["allocation_id"]
+    assert taken["cost_nusd"] >= 200_000  # $0.0002 freed: 0.0004 left + 0.0002 = 0.0006
+    row = await policy_row(proxy, cost_policy["policy_id"])
+    assert row["reserved"] <= 0.001 + 1e-12
+
+
+async def test_concurrent_higher_priority_allocations_never_overspend(backend):
+    proxy = backend
+    policy = await token_policy(proxy, limit=1000)
+    low = await allocate(proxy, 1000, priority=1, context_id="low")
+    results = await asyncio.gather(*(proxy.api("POST", "/api/allocations", json={
+        "context_id": f"c{i}", "component": "rhetor", "tokens_allocated": 300, "priority": 5})
+        for i in range(6)))
+    created = [r for r in results if r.status_code == 201]
+    assert len(created) == 3  # 3 x 300 of the 1000 low held, taken 300 at a time
+    assert {r.status_code for r in results} == {201, 409}
+    assert (await live(proxy, low["allocation_id"]))["tokens_allocated"] == 100
+    assert (await policy_row(proxy, policy["policy_id"]))["reserved"] == 1000
+
+
+@pytest.mark.parametrize("priority", [-1, 1001, "high", 2.5, None, 10**30])
+async def test_hostile_priorities_are_refused(proxy, priority):
+    resp = await proxy.api("POST", "/api/allocations", json={
+        "context_id": "c", "component": "x", "tokens_allocated": 10, "priority": priority})
+    assert resp.status_code == 422, resp.text
+    assert "priority" in resp.text
