@@ -132,6 +132,21 @@ class Settings(BaseSettings):
         "the free allowlist: `refuse` (403 unmetered_route) or `allow` (forwarded, logged, "
         "counted in budget_proxy_unmetered_requests_total).",
     )
+    on_insufficient: Literal["refuse", "fit"] = Field(
+        "refuse", description="A request whose worst case a hard limit cannot pay: `refuse` "
+        "(429) or `fit` (forwarded with its output cap lowered to what the tightest budget "
+        "pays, told in `X-Budget-Max-Tokens`; refused only when not even the input fits).",
+    )
+    stream_enforcement: Literal["incremental", "worst_case"] = Field(
+        "incremental", description="Streams: `incremental` holds the input plus one slice of "
+        "output and extends the hold a slice ahead of what was relayed, ending the stream "
+        "cleanly (finish_reason length / stop_reason max_tokens) when a hard limit refuses "
+        "an extension; `worst_case` holds the whole output cap up front.",
+    )
+    stream_slice_tokens: int = Field(
+        256, ge=1, le=1_000_000,
+        description="Output tokens a stream's hold is extended by under incremental holds.",
+    )
     require_key: bool = Field(
         False, description="Proxy routes require a `bp-` virtual key (401 otherwise).")
     allow_open_admin: bool = Field(

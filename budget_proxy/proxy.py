@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,25 +23,23 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from budget_proxy import allocations, routing, tokens
+from budget_proxy import allocations, planning, routing, tokens
 from budget_proxy.config import ProviderConfig, Settings
 from budget_proxy.enforcement import (
     CounterLine,
     RequestScope,
     ReserveResult,
     Totals,
-    counter_lines,
     rate_remaining,
     shadow_refusals,
-    soft_limit_move,
     tightest_remaining,
     warnings,
 )
-from budget_proxy.models import MAX_CALL_TOKENS, PolicyType, UsageRecord, new_id, nusd_to_usd
+from budget_proxy.models import UsageRecord, new_id, nusd_to_usd
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
-from budget_proxy.providers import Adapter, Plan, RequestProblem, adapter_for
+from budget_proxy.providers import Adapter, Plan, RequestProblem, adapter_for, base
 from budget_proxy.routing import Classified, Refusal, RouteClass
 from budget_proxy.store.base import (
     Reservation,
@@ -52,8 +49,8 @@ from budget_proxy.store.base import (
     record_id_of,
 )
 from budget_proxy.store.journal import SettlementJournaled
-from budget_proxy.usage import Usage, cost_of, worst_case_nusd
-from budget_proxy.wire import DEFAULT_MAX_OUTPUT_TOKENS, StreamParser, UsageTap
+from budget_proxy.usage import NO_UNITS, Usage, cost_of
+from budget_proxy.wire import StreamParser, UsageTap
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +96,32 @@ class Call:
 
 
 @dataclass(slots=True)
+class Pending:
+    """A metered call while it is planned: each step of `Proxy.metered` fills its part."""
+
+    provider: ProviderConfig
+    adapter: Adapter
+    raw: bytes
+    plan: Plan
+    requested_model: str
+    who: Attribution
+    priced_as: str  # the provider its models are priced under
+    price: ModelPrice = field(init=False)
+    lines: list[CounterLine] = field(default_factory=list)
+    input_tokens: int = 0
+    cap_tokens: int = 0  # the most output the call allows, all choices
+    held: planning.Hold | None = None
+    reservation: Reservation | None = None
+    result: ReserveResult | None = None
+    notes: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # told to the client (fit)
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        return tuple(tool for tool, _ in self.plan.units.tool_calls)
+
+
+@dataclass(slots=True)
 class Metered:
     """Everything the settlement of one metered call needs."""
 
@@ -124,6 +147,12 @@ class Metered:
     status: int = 0
     outcome: str = "error"  # ok | aborted | error (upstream error or unreachable)
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    units: Usage = NO_UNITS  # the most units (characters, images...) the call may use
+    cap_tokens: int = 0  # the most output the call allows, all choices
+    held_output_tokens: int = 0  # output its hold covers (grows with an incremental stream)
+    incremental: bool = False  # a stream whose hold is extended as it is relayed
+    cut_by: str | None = None  # the policy that refused an extension: the stream was cut
+    usage: Usage | None = None  # settled usage, once known before the settlement
 
     @property
     def overhead_s(self) -> float:
@@ -292,16 +321,17 @@ class Proxy:
             content_type="application/json", headers=headers,
         )
 
-    async def read_body(self, request: web.Request, api: str) -> bytes | web.Response:
+    async def read_body(self, request: web.Request, api: str) -> bytes:
+        """The request's body, or a 413 `Refusal` past BUDGET_MAX_BODY_BYTES."""
         limit = self.settings.max_body_bytes
+        too_large = Refusal(413, "request_too_large", f"request body exceeds {limit} bytes",
+                            api=api)
         if request.content_length is not None and request.content_length > limit:
-            return self.error(api, 413, f"request body exceeds {limit} bytes",
-                              code="request_too_large")
+            raise too_large
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self.error(api, 413, f"request body exceeds {limit} bytes",
-                              code="request_too_large")
+            raise too_large from None
 
     async def pass_through(
         self, request: web.Request, provider: ProviderConfig, rest: str
@@ -309,9 +339,10 @@ class Proxy:
         """Forward a free (or allowed unmetered) request as is. Upstream transport errors are
         answered as in `forward`: 502 in the provider's format before the client got a byte,
         a closed connection after."""
-        body = await self.read_body(request, provider.api)
-        if isinstance(body, web.Response):
-            return body
+        try:
+            body = await self.read_body(request, provider.api)
+        except Refusal as refusal:
+            return self.error(refusal.api, refusal.status, refusal.message, code=refusal.code)
         try:
             upstream = await self.session.request(
                 request.method, self.upstream_url(provider, rest, request.rel_url.raw_query_string),
@@ -347,178 +378,208 @@ class Proxy:
         self, request: web.Request, provider: ProviderConfig, rest: str, kind: str,
         started_at: float,
     ) -> web.StreamResponse:
-        api = provider.api
-        adapter = adapter_for(api)
-        raw = await self.read_body(request, api)
-        if isinstance(raw, web.Response):
-            return raw
+        """The steps of a metered call: read and plan it, price it, find its windows, hold its
+        cost (moved to a soft limit's model, or fitted to the budget), forward it, settle it.
+        A step that refuses raises a `Refusal`, rendered here once."""
+        try:
+            call = await self.read_call(request, provider, rest, kind)
+            self.price_call(call)
+            await self.find_windows(request, call)
+            await self.hold(request, call)
+        except Refusal as refusal:
+            return self.error(refusal.api, refusal.status, refusal.message, code=refusal.code,
+                              headers=refusal.headers or None)
+        assert call.held is not None and call.reservation is not None and call.result
+        incremental = (call.plan.streaming and self.settings.stream_enforcement == "incremental"
+                       and call.held.output_tokens < call.cap_tokens)
+        meta = Metered(
+            provider=provider.name, api=provider.api, endpoint=kind, route=rest,
+            model=call.plan.model, requested_model=call.requested_model, price=call.price,
+            attribution=call.who, reservation=call.reservation, lines=tuple(call.lines),
+            input_tokens_estimate=call.input_tokens, streamed=call.plan.streaming,
+            started_at=started_at, units=call.plan.units, cap_tokens=call.cap_tokens,
+            held_output_tokens=call.held.output_tokens, incremental=incremental,
+        )
+        headers = self.budget_headers(call.lines, call.result, call.notes)
+        headers.update(call.headers)
+        return await self.forward(request, provider, rest, call.plan.upstream_body(call.raw),
+                                  meta, headers, call.adapter, call.plan)
+
+    async def read_call(self, request: web.Request, provider: ProviderConfig, rest: str,
+                        kind: str) -> Pending:
+        """The request read and planned by its family's adapter (400 when it cannot be)."""
+        adapter = adapter_for(provider.api)
+        raw = await self.read_body(request, provider.api)
         try:
             plan = adapter.plan(kind, rest, request.rel_url.raw_query_string, raw, provider)
         except RequestProblem as problem:
-            return self.error(api, 400, problem.message, code=problem.code)
-        model = requested_model = plan.model
+            raise Refusal(400, problem.code, problem.message, api=provider.api) from None
+        return Pending(provider, adapter, raw, plan, plan.model, self.attribution(request),
+                       adapter.catalog_provider(provider))
 
-        who = self.attribution(request)
-        priced_as = adapter.catalog_provider(provider)
-        price = self.price_for(priced_as, model)
-        if price is None:  # BUDGET_UNKNOWN_PRICE=refuse: never forwarded, never free
-            return self.error(
-                api, 400, f"model {model!r} (provider {provider.name}) has no price in the "
-                "budget proxy's catalog; unpriced models are refused (BUDGET_UNKNOWN_PRICE="
-                "refuse)", code="unknown_model_price")
-        tools = [tool for tool, _ in plan.units.tool_calls]
-        if tools:
-            priced = self.catalog.with_tool_fees(price, tools, priced_as,
-                                                 self.settings.unknown_price)
-            if priced is None:
-                return self.error(
-                    api, 400, f"model {model!r} (provider {provider.name}) has no price in "
-                    f"the budget proxy's catalog for a call of {', '.join(tools)}; unpriced "
-                    "tools are refused (BUDGET_UNKNOWN_PRICE=refuse)",
-                    code="unknown_model_price")
-            price = priced
-        now = self.store.now()
-        planned = await self.plan_lines(request, api, provider.name, model, price, who, now)
-        if isinstance(planned, web.Response):
-            return planned
-        lines, who = planned
-        notes: list[str] = []
+    def price_call(self, call: Pending) -> None:
+        """The price of the call's model (and of the built-in tools it may call); an unpriced
+        one is refused under BUDGET_UNKNOWN_PRICE=refuse, never forwarded, never free."""
+        price = self.priced(call, call.plan.model)
+        if price is None:
+            tools = call.tools
+            what = f" for a call of {', '.join(tools)}" if tools else ""
+            rule = "tools" if tools else "models"
+            raise Refusal(400, "unknown_model_price", f"model {call.plan.model!r} (provider "
+                          f"{call.provider.name}) has no price in the budget proxy's catalog"
+                          f"{what}; unpriced {rule} are refused (BUDGET_UNKNOWN_PRICE=refuse)",
+                          api=call.provider.api)
+        call.price = price
 
-        input_tokens = await adapter.count_input(plan, len(raw))
-        reservation = self.reservation_for(lines, input_tokens, plan, price, Call(
-            provider.name, kind, model, requested_model, who, plan.streaming))
-        result = await self.reserve(api, lines, reservation, notes)
-        if isinstance(result, web.Response):
-            return result
+    def priced(self, call: Pending, model: str) -> ModelPrice | None:
+        price = self.price_for(call.priced_as, model)
+        if price is not None and call.tools:
+            price = self.catalog.with_tool_fees(price, list(call.tools), call.priced_as,
+                                                self.settings.unknown_price)
+        return price
 
-        # Soft limits decide on the totals the reservation itself returned (no extra round
-        # trip): past the action threshold, release and reserve again for the cheaper model.
-        if any(self.policies.by_id[ln.policy_id].type is PolicyType.SOFT_LIMIT
-               for ln in lines if ln.policy_id in self.policies.by_id):
-            before = _without_hold(result, reservation)
-            moved, soft_notes = soft_limit_move(self.policies.by_id, lines, before)
-            notes.extend(soft_notes)
-            moved_price = self.price_for(priced_as, moved) if moved and moved != model else None
-            if moved_price is not None and tools:
-                moved_price = self.catalog.with_tool_fees(moved_price, tools, priced_as,
-                                                          self.settings.unknown_price)
-            moved_plan = adapter.with_model(plan, moved) if moved and moved_price else None
-            if moved and moved_price is not None and moved_plan is not None:
-                if result.ok:
-                    try:
-                        await self.store.release(reservation)
-                    except StoreError:
-                        pass  # the reaper releases it at its deadline
-                planned = await self.plan_lines(request, api, provider.name, moved, moved_price,
-                                                who, now)
-                if isinstance(planned, web.Response):
-                    return planned
-                model, price, plan, (lines, who) = moved, moved_price, moved_plan, planned
-                input_tokens = await adapter.count_input(plan, len(raw))
-                reservation = self.reservation_for(lines, input_tokens, plan, price, Call(
-                    provider.name, kind, model, requested_model, who, plan.streaming))
-                result = await self.reserve(api, lines, reservation, notes)
-                if isinstance(result, web.Response):
-                    return result
-        if not result.ok:
-            return self.refuse(api, provider.name, lines, result, reservation)
-
-        meta = Metered(
-            provider=provider.name, api=api, endpoint=kind, route=rest, model=model,
-            requested_model=requested_model, price=price, attribution=who,
-            reservation=reservation, lines=tuple(lines), input_tokens_estimate=input_tokens,
-            streamed=plan.streaming,
-            started_at=started_at,
-        )
-        headers = self.budget_headers(lines, result, notes)
-        return await self.forward(request, provider, rest, plan.upstream_body(raw), meta,
-                                  headers, adapter, plan)
-
-    async def plan_lines(
-        self, request: web.Request, api: str, provider: str, model: str, price: ModelPrice,
-        who: Attribution, now: datetime,
-    ) -> tuple[list[CounterLine], Attribution] | web.Response:
-        """The counter lines of a call to `model`: its matching policy windows, and when it
-        draws on an allocation, that allocation's enforced line in their place (see
-        `budget_proxy.allocations`)."""
+    async def find_windows(self, request: web.Request, call: Pending) -> None:
+        """The counter lines of the call (`planning.windows`): its matching policy windows,
+        and when it draws on an allocation, that allocation's enforced line in their place."""
+        api = call.provider.api
         if self.policies.version < 0 and self.settings.fail_mode != "open":
             # the store has been down since start-up: which limits apply is unknown
-            return self.store_down(api, StoreError("policies not loaded yet"))
+            raise self.store_down(api, StoreError("policies not loaded yet"))
+        who = call.who
         caller = request.get(CALLER)  # a key budget (policy `key_id`) matches only its key
-        key_id = caller.key_id if caller is not None else None
-        scope = replace(self.scope(provider, model, price, who), key_id=key_id)
-        lines = counter_lines(self.policies.policies, scope, now, self.tz)
-        if not (who.allocation_id or who.context_id):
-            return lines, who
-        try:
-            plan = await allocations.plan_draw(self.store, who.allocation_id, who.context_id,
-                                               lines, scope)
-        except StoreError as exc:
-            if self.settings.fail_mode != "open":
-                return self.store_down(api, exc)
-            plan = allocations.DrawPlan(lines)  # fail open: charged as if it had none
-        if plan.refusal is not None:
-            named = plan.allocation.allocation_id if plan.allocation else who.allocation_id
-            return self.error(api, 429, f"Budget exceeded: {plan.refusal}",
-                              code="budget_exceeded", headers={
-                                  "x-should-retry": "false", "X-Budget-Policy": named or ""})
-        alloc = plan.allocation
-        if alloc is None:
-            return lines, who
-        lines = plan.lines
-        who = replace(who, allocation_id=alloc.allocation_id,
-                      context_id=who.context_id or alloc.context_id)
-        if (who.component != alloc.component and _virtual_key(request.headers) is None
-                and "X-Budget-Component" not in request.headers):
-            # naming no component, it does the allocation's work: charged to its one
-            who = replace(who, component=alloc.component)
-            lines = allocations.drawn_lines(alloc, counter_lines(
-                self.policies.policies,
-                replace(self.scope(provider, model, price, who), key_id=key_id), now, self.tz))
-        return lines, who
+        scope = replace(self.scope(call.provider.name, call.plan.model, call.price, who),
+                        key_id=caller.key_id if caller is not None else None)
+        alloc = None
+        if who.allocation_id or who.context_id:
+            try:
+                alloc, refusal = await allocations.lookup(self.store, who.allocation_id,
+                                                          who.context_id)
+            except StoreError as exc:
+                if self.settings.fail_mode != "open":
+                    raise self.store_down(api, exc) from None
+                alloc, refusal = None, None  # fail open: charged as if it had none
+            if refusal is not None:
+                named = alloc.allocation_id if alloc else who.allocation_id
+                raise Refusal(429, "budget_exceeded", f"Budget exceeded: {refusal}", api=api,
+                              headers={"x-should-retry": "false",
+                                       "X-Budget-Policy": named or ""})
+        component_named = (_virtual_key(request.headers) is not None
+                           or "X-Budget-Component" in request.headers)
+        found = planning.windows(self.policies.policies, scope, self.store.now(), self.tz,
+                                 alloc, component_named=component_named)
+        call.lines = found.lines
+        if found.allocation is not None:
+            call.who = replace(who, allocation_id=found.allocation.allocation_id,
+                               context_id=who.context_id or found.allocation.context_id,
+                               component=found.component)
+
+    async def hold(self, request: web.Request, call: Pending) -> None:
+        """Reserve the call's first hold. Soft limits decide on the totals the reservation
+        itself returned (no extra round trip): past the action threshold, release and hold
+        again for the cheaper model. A hold a hard limit refuses is fitted (a lower output
+        cap under BUDGET_ON_INSUFFICIENT=fit, a smaller first slice for an incremental
+        stream) or refused."""
+        await self.reserve_call(call)
+        assert call.result is not None and call.reservation is not None
+        if planning.soft_limited(self.policies.by_id, call.lines):
+            moved, notes = planning.moved_model(
+                self.policies.by_id, call.lines, _without_hold(call.result, call.reservation),
+                call.plan.model)
+            call.notes.extend(notes)
+            moved_price = self.priced(call, moved) if moved else None
+            moved_plan = call.adapter.with_model(call.plan, moved) if moved and moved_price \
+                else None
+            if moved_price is not None and moved_plan is not None:
+                if call.result.ok:
+                    try:
+                        await self.store.release(call.reservation)
+                    except StoreError:
+                        pass  # the reaper releases it at its deadline
+                call.plan, call.price = moved_plan, moved_price
+                await self.find_windows(request, call)
+                await self.reserve_call(call)
+        if not call.result.ok:
+            await self.fit(call)
+
+    async def reserve_call(self, call: Pending) -> None:
+        call.input_tokens = await call.adapter.count_input(call.plan, len(call.raw))
+        call.cap_tokens = planning.output_cap(call.plan.max_output_tokens, call.plan.choices,
+                                              call.price)
+        held = planning.first_hold(
+            call.input_tokens, call.cap_tokens, call.price, call.plan.units,
+            streaming=call.plan.streaming, enforcement=self.settings.stream_enforcement,
+            slice_tokens=self.settings.stream_slice_tokens)
+        await self.reserve_hold(call, held)
+
+    async def reserve_hold(self, call: Pending, held: planning.Hold) -> None:
+        call.held = held
+        call.reservation = self.reservation_for(call.lines, held, call.price, Call(
+            call.provider.name, call.plan.endpoint, call.plan.model, call.requested_model,
+            call.who, call.plan.streaming))
+        call.result = await self.reserve(call.provider.api, call.lines, call.reservation,
+                                         call.notes)
+
+    async def fit(self, call: Pending) -> None:
+        """A refused hold, fitted: the most output every enforced line still pays besides
+        the input. An incremental stream starts with that as its first slice; under
+        BUDGET_ON_INSUFFICIENT=fit a call's output cap is lowered to it per choice (told in
+        `X-Budget-Max-Tokens`). Refused when not even the input fits, or when the fitted
+        hold is refused in turn (another call took the room meanwhile)."""
+        assert call.result is not None and call.held is not None
+        refusal = self.refusal(call)
+        stream = call.plan.streaming and self.settings.stream_enforcement == "incremental"
+        if not stream and self.settings.on_insufficient != "fit":
+            raise refusal
+        fitted = planning.fitting_output(call.lines, call.result.totals, call.input_tokens,
+                                         call.held.output_tokens, call.price, call.plan.units)
+        if not stream:
+            per_choice = fitted // call.plan.choices
+            plan = call.adapter.with_output_cap(call.plan, per_choice) if per_choice else None
+            if plan is None:
+                raise refusal
+            call.plan, fitted = plan, per_choice * call.plan.choices
+            call.cap_tokens = fitted
+            call.headers["X-Budget-Max-Tokens"] = str(per_choice)
+        if fitted < 1:
+            raise refusal
+        await self.reserve_hold(call, planning.hold(call.input_tokens, fitted, call.price,
+                                                    call.plan.units))
+        if not call.result.ok:
+            raise self.refusal(call)
 
     @staticmethod
-    def reservation_for(lines: list[CounterLine], input_tokens: int, plan: Plan,
-                        price: ModelPrice, call: Call) -> Reservation:
-        """The worst case of a call: all its input plus the most output it allows, once per
-        answer it asks for (`n`), with or without an explicit cap (each clamped to
-        `MAX_CALL_TOKENS`); with its intent: the `unsettled` usage record that charges the
-        hold if this process dies before the settlement (same record id)."""
-        max_out = plan.max_output_tokens
-        if max_out is None:  # a model priced by the unit has no token output unless listed
-            max_out = price.max_output_tokens or (
-                DEFAULT_MAX_OUTPUT_TOKENS if price.price_type == "token" else 0)
-        max_out = min(max(max_out, 0) * plan.choices, MAX_CALL_TOKENS)
-        input_tokens = min(max(input_tokens, 0), MAX_CALL_TOKENS)
+    def reservation_for(lines: list[CounterLine], held: planning.Hold, price: ModelPrice,
+                        call: Call) -> Reservation:
+        """A call's hold with its intent: the `unsettled` usage record that charges the hold
+        if this process dies before the settlement (same record id)."""
         reservation_id = new_id("res")
-        cost_nusd = worst_case_nusd(input_tokens, max_out, price, plan.units)
         who = call.who
         return Reservation(
             reservation_id=reservation_id,
             keys=tuple(ln.key for ln in lines),
-            cost_nusd=cost_nusd,
-            tokens=input_tokens + max_out,
+            cost_nusd=held.cost_nusd,
+            tokens=held.tokens,
             intent=intent_json({
                 "record_id": record_id_of(reservation_id), "allocation_id": who.allocation_id,
                 "context_id": who.context_id, "component": who.component,
                 "session_id": who.session, "task_id": who.task, "task_type": who.task_type,
                 "provider": call.provider, "model": call.model,
                 "requested_model": call.requested_model, "route": call.endpoint,
-                "input_tokens": input_tokens, "output_tokens": max_out,
-                "total_tokens": input_tokens + max_out,
-                "total_cost": nusd_to_usd(cost_nusd), "pricing_id": price.pricing_id,
+                "input_tokens": held.input_tokens, "output_tokens": held.output_tokens,
+                "total_tokens": held.tokens,
+                "total_cost": nusd_to_usd(held.cost_nusd), "pricing_id": price.pricing_id,
                 "streamed": call.streamed,
             }),
         )
 
     async def reserve(
         self, api: str, lines: list[CounterLine], reservation: Reservation, notes: list[str]
-    ) -> ReserveResult | web.Response:
+    ) -> ReserveResult:
         try:
             return await self.store.reserve(reservation, lines, self.settings.reservation_ttl_s)
         except StoreError as exc:
             if self.settings.fail_mode != "open":
-                return self.store_down(api, exc)
+                raise self.store_down(api, exc) from None
             # fail open: forward without a hold; the settlement (journaled by the store)
             # charges the same counters once the store is back, and the intent journaled
             # here first charges them if this process dies before that
@@ -565,29 +626,16 @@ class Proxy:
                     hook("", pid, "shadow")
         return headers
 
-    def refuse(
-        self, api: str, provider: str, lines: list[CounterLine], result: ReserveResult,
-        reservation: Reservation,
-    ) -> web.Response:
-        assert result.refused_index is not None
-        line = lines[result.refused_index]
+    def refusal(self, call: Pending) -> Refusal:
+        """The 429 of a hold a hard limit refused (`planning.refusal_message`), with
+        `Retry-After` at the window's reset and, for a rate limit, the provider's own
+        `x-ratelimit-*` headers."""
+        result, held = call.result, call.held
+        assert result is not None and held is not None and result.refused_index is not None
+        line = call.lines[result.refused_index]
         totals = result.totals[result.refused_index]
-        policy = self.policies.by_id.get(line.policy_id)
-        label = (policy.name if policy and policy.name else line.policy_id)
-        period = policy.period.value if policy else (
-            "allocation" if line.key.startswith("alloc:") else "window")
-        parts = []
-        if line.limit_nusd is not None:
-            left = max(0, line.limit_nusd - totals.used_nusd)
-            parts.append(f"${nusd_to_usd(left):.6f} of ${nusd_to_usd(line.limit_nusd):.6f} left, "
-                         f"this request may cost up to ${nusd_to_usd(reservation.cost_nusd):.6f}")
-        if line.limit_tokens is not None:
-            left_t = max(0, line.limit_tokens - totals.used_tokens)
-            parts.append(f"{left_t} of {line.limit_tokens} tokens left, "
-                         f"this request may use up to {reservation.tokens}")
-        if line.limit_requests is not None:
-            parts.append(f"{totals.requests} of {line.limit_requests} calls made")
-        message = f"Budget exceeded: {period} hard limit {label}: " + "; ".join(parts)
+        message = planning.refusal_message(line, totals, held,
+                                           self.policies.by_id.get(line.policy_id))
         headers = {"x-should-retry": "false", "X-Budget-Policy": line.policy_id}
         retry = seconds_until(line.resets_at, self.store.now())
         if retry is not None:
@@ -600,18 +648,18 @@ class Proxy:
             if retry is not None:
                 headers["x-ratelimit-reset-requests"] = f"{retry}s"
         for hook in self.on_refuse:
-            hook(provider, line.policy_id, "limit")
-        return self.error(api, 429, message, code="budget_exceeded", headers=headers)
+            hook(call.provider.name, line.policy_id, "limit")
+        return Refusal(429, "budget_exceeded", message, api=call.provider.api, headers=headers)
 
-    def store_down(self, api: str, exc: StoreError) -> web.Response:
+    def store_down(self, api: str, exc: StoreError) -> Refusal:
         """Fail closed: a 503 in the provider's format, at once, never forwarded. SDKs retry
         a 503 (after `Retry-After`), which is right: the store usually comes back."""
         _log_store_down(f"budget store unavailable, refusing (fail closed): {exc}")
         for hook in self.on_store_failure:
             hook("reserve")
-        return self.error(api, 503, "budget store unavailable; request not forwarded "
-                          "(BUDGET_FAIL_MODE=closed)",
-                          code="budget_store_unavailable", headers={"Retry-After": "1"})
+        return Refusal(503, "budget_store_unavailable", "budget store unavailable; request not "
+                       "forwarded (BUDGET_FAIL_MODE=closed)", api=api,
+                       headers={"Retry-After": "1"})
 
     # forward and settle -------------------------------------------------------------------
     async def forward(
@@ -639,8 +687,8 @@ class Proxy:
                           if upstream.status < 400 else None)
                 if parser is not None:
                     meta.outcome = "aborted"
-                    response, complete = await self.relay_stream(
-                        request, upstream, headers, parser, tap, meta)
+                    stream = Relay(self, request, upstream, parser, tap, meta, adapter, plan)
+                    response, complete = await stream.run(headers)
                     if complete:
                         meta.outcome = "ok"
                     return response
@@ -659,6 +707,9 @@ class Proxy:
                 except Exception as exc:  # any bug in the tap: logged in one line
                     log.warning("usage tap failed on a %s answer, settling from the proxy's "
                                 "count: %s: %s", provider.name, type(exc).__name__, exc)
+                # the usage is known: the cost is told before the answer is sent
+                meta.usage = await self.final_usage(meta, tap)
+                headers["X-Budget-Cost"] = _usd(cost_of(meta.usage, meta.price).total_nusd)
                 response = web.Response(status=upstream.status, body=body, headers=headers)
                 await response.prepare(request)
                 await response.write_eof()
@@ -672,66 +723,54 @@ class Proxy:
             self.background.add(task)
             task.add_done_callback(self.background.discard)
 
-    async def relay_stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str],
-        parser: StreamParser, tap: UsageTap, meta: Metered,
-    ) -> tuple[web.StreamResponse, bool]:
-        """Relay a stream unit by unit (SSE events, NDJSON lines...), each as received;
-        (response, whether the stream ran to its end). The client's headers wait for the
-        upstream's first bytes, so an upstream that breaks before sending any is answered 502
-        in the provider's format (and the hold released); one that breaks later is cut at the
-        client too (its connection is closed without the end of the body, as the upstream's
-        was) and settled from what was streamed. A failure of the usage tap never cuts a
-        stream: the unit is relayed."""
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        tap_failed = False
-
-        def relayed(events: list[bytes]) -> bytes:
-            nonlocal tap_failed
-            out = []
-            for event in events:
-                try:
-                    keep = tap.observe_event(event)
-                except Exception as exc:  # the tap is total; belt and braces
-                    keep = True
-                    if not tap_failed:
-                        tap_failed = True
-                        log.warning("usage tap failed on a %s stream event, relaying it: %s: %s",
-                                    meta.provider, type(exc).__name__, exc)
-                if keep:
-                    out.append(event)
-            return b"".join(out)
-
+    async def extend_hold(self, meta: Metered, output_tokens: int) -> str | None:
+        """Extend an incremental stream's hold by `output_tokens` on every line it holds, by
+        the store's atomic reserve rule; None when extended, else the id of the policy that
+        refused (the stream is then cut). A store outage fails open (relayed unheld) or
+        closed (cut, `budget_store_unavailable`) by BUDGET_FAIL_MODE."""
+        reservation = meta.reservation
+        before = planning.hold(meta.input_tokens_estimate, meta.held_output_tokens, meta.price,
+                               meta.units)
+        after = planning.hold(meta.input_tokens_estimate,
+                              meta.held_output_tokens + output_tokens, meta.price, meta.units)
+        cost_nusd, tokens_added = after.cost_nusd - before.cost_nusd, output_tokens
+        if not reservation.keys:  # no policy matches: nothing to hold on
+            meta.held_output_tokens += output_tokens
+            return None
         try:
-            async for chunk in upstream.content.iter_any():
-                if not meta.first_chunk_at:
-                    meta.first_chunk_at = time.perf_counter()
-                    await response.prepare(request)
-                out = relayed(parser.feed(chunk))
-                if out:
-                    await response.write(out)
-            meta.upstream_done_at = time.perf_counter()
-            if not response.prepared:
-                await response.prepare(request)  # an empty stream
-            rest = parser.flush()
-            out = relayed([rest]) if rest else b""
-            if out:
-                await response.write(out)
-            await response.write_eof()
-        except ConnectionResetError:
-            log.info("client went away mid-stream; settling from what was streamed")
-            return response, False
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if not response.prepared:  # nothing reached the client: an error, not a stream
-                meta.status, meta.outcome = 502, "error"
-                message, code = _upstream_failure(meta.provider, exc)
-                return self.error(meta.api, 502, message, code=code), False
-            log.warning("upstream %s stream broke after %d bytes of it were relayed: %s",
-                        meta.provider, upstream.content.total_bytes, _one_line(exc))
-            if request.transport is not None:
-                request.transport.close()
-            return response, False
-        return response, True
+            result = await self.store.extend(reservation, meta.lines, cost_nusd, tokens_added)
+        except StoreError as exc:
+            for hook in self.on_store_failure:
+                hook("extend")
+            if self.settings.fail_mode != "open":
+                _log_store_down(f"budget store unavailable, cutting a stream: {exc}")
+                return "budget_store_unavailable"
+            meta.held_output_tokens += output_tokens
+            return None
+        if not result.ok:
+            assert result.refused_index is not None
+            line = meta.lines[result.refused_index]
+            for refused in self.on_refuse:
+                refused(meta.provider, line.policy_id, "limit")
+            return line.policy_id
+        meta.held_output_tokens += output_tokens
+        meta.reservation = replace(reservation, cost_nusd=reservation.cost_nusd + cost_nusd,
+                                   tokens=reservation.tokens + tokens_added)
+        return None
+
+    def stream_usage(self, meta: Metered, tap: UsageTap, relayed_tokens: int | None) -> Usage:
+        """The usage of a stream at its end, without I/O: the provider's when it came and is
+        usable; for a cut stream the input plus the output its hold covered (what was
+        relayed and the slice still held); else the input plus the output relayed."""
+        usage = tap.usage
+        if usage is not None and usage.trusted:
+            return usage
+        if meta.cut_by is not None:
+            return tap.fallback_usage(meta.input_tokens_estimate, meta.held_output_tokens,
+                                      complete=False)
+        if relayed_tokens is None:
+            relayed_tokens = tokens.count_text(tap.output_text(), meta.model)
+        return tap.fallback_usage(meta.input_tokens_estimate, relayed_tokens, complete=True)
 
     async def settle(self, meta: Metered, tap: UsageTap, outcome: str) -> None:
         """Settle from the provider's usage, or from what was streamed when it was cut short;
@@ -748,24 +787,20 @@ class Proxy:
             for finish in self.on_finish:
                 finish(meta, None)
             return
-        usage = tap.usage
-        if usage is None or not usage.trusted:
-            usage = await self.usage_from_stream(meta, tap)
+        usage = meta.usage or await self.final_usage(meta, tap)
         cost = cost_of(usage, meta.price)
         who = meta.attribution
-        record = UsageRecord(
+        metadata = planning.record_metadata(usage)
+        if meta.cut_by is not None:
+            metadata["cut"] = meta.cut_by
+        record = planning.usage_record(
             record_id=record_id_of(reservation.reservation_id),  # its intent's, if it died
-            allocation_id=who.allocation_id, context_id=who.context_id, component=who.component,
-            session_id=who.session, task_id=who.task, task_type=who.task_type,
+            payer=planning.Payer(who.component, who.allocation_id, who.context_id, who.session,
+                                 who.task, who.task_type),
             provider=meta.provider, model=meta.model, requested_model=meta.requested_model,
-            route=meta.endpoint,
-            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-            reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
-            input_cost=nusd_to_usd(cost.input_nusd), output_cost=nusd_to_usd(cost.output_nusd),
-            total_cost=nusd_to_usd(cost.total_nusd), pricing_id=meta.price.pricing_id,
+            route=meta.endpoint, usage=usage, cost=cost, pricing_id=meta.price.pricing_id,
             status="ok" if tap.usage is not None or outcome == "ok" else "aborted",
-            streamed=meta.streamed, metadata=_record_metadata(usage),
+            streamed=meta.streamed, metadata=metadata,
         )
         try:
             await self.store.settle(reservation, cost.total_nusd, usage.total_tokens, record)
@@ -780,6 +815,13 @@ class Proxy:
             return
         for finish in self.on_finish:
             finish(meta, record)
+
+    async def final_usage(self, meta: Metered, tap: UsageTap) -> Usage:
+        """The usage a call settles at: the provider's when usable, else `usage_from_stream`."""
+        usage = tap.usage
+        if usage is None or not usage.trusted:
+            usage = await self.usage_from_stream(meta, tap)
+        return usage
 
     async def usage_from_stream(self, meta: Metered, tap: UsageTap) -> Usage:
         """Usage of a call whose provider figures are missing (a stream cut short, an answer
@@ -809,6 +851,133 @@ class Proxy:
             await asyncio.wait(pending)
 
 
+class Relay:
+    """One stream relayed unit by unit (SSE events, NDJSON lines...), each as received.
+
+    The client's headers wait for the upstream's first bytes, so an upstream that breaks
+    before sending any is answered 502 in the provider's format (and the hold released); one
+    that breaks later is cut at the client too (its connection is closed without the end of
+    the body, as the upstream's was) and settled from what was streamed. A failure of the
+    usage tap never cuts a stream: the unit is relayed.
+
+    An incremental stream (`Metered.incremental`) counts the text it relays as it passes
+    (each new delta once, with tiktoken) and, before relaying a unit its hold does not
+    cover, extends the hold by whole slices. When a hard limit refuses, that unit is not
+    relayed: the stream ends in the family's own protocol (`Adapter.cut_events`) after a
+    `: budget-proxy cut policy=<id>` comment, and the upstream is closed. Before a stream's
+    last event the cost is told (`: budget-proxy cost=<usd>`)."""
+
+    def __init__(self, proxy: Proxy, request: web.Request, upstream: aiohttp.ClientResponse,
+                 parser: StreamParser, tap: UsageTap, meta: Metered, adapter: Adapter,
+                 plan: Plan) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.upstream = upstream
+        self.parser = parser
+        self.tap = tap
+        self.meta = meta
+        self.adapter = adapter
+        self.plan = plan
+        self.tap_failed = False
+        self.counted_parts = 0  # tap.text_parts already counted
+        self.relayed_tokens = 0 if meta.incremental else None
+        self.slice_tokens = proxy.settings.stream_slice_tokens
+
+    def observe(self, event: bytes) -> bool:
+        try:
+            return self.tap.observe_event(event)
+        except Exception as exc:  # the tap is total; belt and braces
+            if not self.tap_failed:
+                self.tap_failed = True
+                log.warning("usage tap failed on a %s stream event, relaying it: %s: %s",
+                            self.meta.provider, type(exc).__name__, exc)
+            return True
+
+    def count_new_text(self) -> None:
+        parts = self.tap.text_parts
+        if len(parts) > self.counted_parts and self.relayed_tokens is not None:
+            model = self.meta.model
+            self.relayed_tokens += sum(tokens.count_text(part, model)
+                                       for part in parts[self.counted_parts:])
+            self.counted_parts = len(parts)
+
+    async def units(self, events: list[bytes]) -> tuple[bytes, bool]:
+        """What to write for these units, and whether the stream was cut at one of them."""
+        out: list[bytes] = []
+        meta = self.meta
+        for event in events:
+            if not self.observe(event):
+                continue
+            if self.relayed_tokens is not None:
+                self.count_new_text()
+                more = planning.extension(meta.held_output_tokens, self.relayed_tokens,
+                                          meta.cap_tokens, self.slice_tokens)
+                if more:
+                    refused_by = await self.proxy.extend_hold(meta, more)
+                    if refused_by is not None:
+                        out.append(self.cut(refused_by))
+                        return b"".join(out), True
+            if self.adapter.is_final_event(event):
+                out.append(base.cost_comment(self.cost_usd()))
+            out.append(event)
+        return b"".join(out), False
+
+    def cost_usd(self) -> float:
+        meta = self.meta
+        meta.usage = self.proxy.stream_usage(meta, self.tap, self.relayed_tokens)
+        return nusd_to_usd(cost_of(meta.usage, meta.price).total_nusd)
+
+    def cut(self, policy_id: str) -> bytes:
+        meta = self.meta
+        meta.cut_by = policy_id
+        log.info("stream of %s cut at its budget by %s after %s output tokens", meta.provider,
+                 policy_id, self.relayed_tokens)
+        cost = self.cost_usd()
+        assert meta.usage is not None
+        events = self.adapter.cut_events(self.tap, self.plan, meta.usage, cost)
+        return f": budget-proxy cut policy={policy_id}\n\n".encode() + events
+
+    async def run(self, headers: dict[str, str]) -> tuple[web.StreamResponse, bool]:
+        """(response, whether the stream ran to its end, cut at its budget included)."""
+        request, upstream, meta = self.request, self.upstream, self.meta
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        cut = False
+        try:
+            async for chunk in upstream.content.iter_any():
+                if not meta.first_chunk_at:
+                    meta.first_chunk_at = time.perf_counter()
+                    await response.prepare(request)
+                out, cut = await self.units(self.parser.feed(chunk))
+                if out:
+                    await response.write(out)
+                if cut:
+                    upstream.close()  # stop the provider generating what nobody pays for
+                    break
+            meta.upstream_done_at = time.perf_counter()
+            if not response.prepared:
+                await response.prepare(request)  # an empty stream
+            if not cut:
+                rest = self.parser.flush()
+                out, cut = await self.units([rest]) if rest else (b"", False)
+                if out:
+                    await response.write(out)
+            await response.write_eof()
+        except ConnectionResetError:
+            log.info("client went away mid-stream; settling from what was streamed")
+            return response, False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not response.prepared:  # nothing reached the client: an error, not a stream
+                meta.status, meta.outcome = 502, "error"
+                message, code = _upstream_failure(meta.provider, exc)
+                return self.proxy.error(meta.api, 502, message, code=code), False
+            log.warning("upstream %s stream broke after %d bytes of it were relayed: %s",
+                        meta.provider, upstream.content.total_bytes, _one_line(exc))
+            if request.transport is not None:
+                request.transport.close()
+            return response, False
+        return response, True
+
+
 _store_down_logged_at = 0.0
 
 
@@ -830,22 +999,8 @@ def _without_hold(result: ReserveResult, reservation: Reservation) -> list[Total
             for t in result.totals]
 
 
-def _record_metadata(usage: Usage) -> dict[str, Any]:
-    """What a record says beside its tokens: why its figures were flagged, and the units of
-    the seed's other price types it was charged for."""
-    meta: dict[str, Any] = {"flagged": list(usage.flags)} if usage.flags else {}
-    if usage.characters:
-        meta["characters"] = usage.characters
-    if usage.images:
-        meta["images"] = usage.images
-        meta["image_size"] = usage.image_size
-        if usage.image_quality:
-            meta["image_quality"] = usage.image_quality
-    if usage.audio_ms:
-        meta["audio_seconds"] = usage.audio_ms / 1000
-    if usage.tool_calls:
-        meta["tool_calls"] = dict(usage.tool_calls)
-    return meta
+def _usd(nusd: int) -> str:
+    return f"{nusd_to_usd(nusd):.9f}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,15 +3,26 @@ input in `message_start`, the cumulative output in `message_delta`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import orjson
 
 from budget_proxy.config import ProviderConfig
-from budget_proxy.providers.base import Adapter, Plan, body_model, json_body, whole
+from budget_proxy.providers.base import (
+    Adapter,
+    Plan,
+    body_model,
+    cost_comment,
+    json_body,
+    sse_event,
+    whole,
+)
 from budget_proxy.usage import Usage, clamp_count, from_anthropic
-from budget_proxy.wire import UsageTap, as_dict
+from budget_proxy.wire import UsageTap, as_dict, event_data
+
+# Anthropic refuses extended thinking with a budget below this many tokens
+MIN_THINKING_BUDGET_TOKENS = 1024
 
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -24,6 +35,7 @@ _ERROR_TYPES = {
 class AnthropicTap(UsageTap):
     start: Any = None  # `message_start` usage, as sent
     delta: dict[str, Any] = field(default_factory=dict)  # last `message_delta` usage
+    open_block: int | None = None  # index of the content block started and not yet stopped
 
     def observe_json(self, body: dict[str, Any]) -> None:
         usage = body.get("usage")
@@ -42,6 +54,11 @@ class AnthropicTap(UsageTap):
             self.start = {} if start is None else start
             if isinstance(message.get("model"), str):
                 self.model = message["model"]
+        elif kind == "content_block_start":
+            index = payload.get("index")
+            self.open_block = index if isinstance(index, int) else 0
+        elif kind == "content_block_stop":
+            self.open_block = None
         elif kind == "content_block_delta":
             delta = as_dict(payload.get("delta"))
             for key in ("text", "partial_json", "thinking"):
@@ -96,6 +113,41 @@ class Anthropic(Adapter):
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
+
+    def with_output_cap(self, plan: Plan, max_output_tokens: int) -> Plan | None:
+        """`max_tokens` lowered; extended thinking's `budget_tokens` must stay below it: it
+        is lowered too, and thinking is turned off when that leaves less than Anthropic's
+        minimum budget (the answer then fits without it)."""
+        body = {**plan.body, "max_tokens": max_output_tokens}
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            budget = whole(thinking.get("budget_tokens"))
+            if budget is None or budget >= max_output_tokens:
+                lowered = max_output_tokens - 1
+                if lowered < MIN_THINKING_BUDGET_TOKENS:
+                    body.pop("thinking")
+                else:
+                    body["thinking"] = {**thinking, "budget_tokens": lowered}
+        return replace(plan, body=body, max_output_tokens=max_output_tokens, rewritten=True)
+
+    def is_final_event(self, unit: bytes) -> bool:
+        return b"message_stop" in unit and event_data(unit)[0] == "message_stop"
+
+    def cut_events(self, tap: UsageTap, plan: Plan, usage: Usage, cost_usd: float) -> bytes:
+        """The open content block stopped, a `message_delta` with `stop_reason:
+        max_tokens` and the output relayed, then `message_stop`."""
+        out = []
+        block = tap.open_block if isinstance(tap, AnthropicTap) else None
+        if block is not None:
+            out.append(sse_event("content_block_stop",
+                                 {"type": "content_block_stop", "index": block}))
+        out.append(sse_event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+            "usage": {"output_tokens": usage.output_tokens}}))
+        out += [cost_comment(cost_usd),
+                sse_event("message_stop", {"type": "message_stop"})]
+        return b"".join(out)
 
     def error_body(self, status: int, message: str, *, code: str | None = None) -> bytes:
         kind = _ERROR_TYPES.get(status, "api_error")

@@ -124,6 +124,11 @@ class Adapter:
         cannot be changed (it is named in the path)."""
         return replace(plan, model=model, body={**plan.body, "model": model}, rewritten=True)
 
+    def with_output_cap(self, plan: Plan, max_output_tokens: int) -> Plan | None:
+        """The same request with its output cap (per choice) lowered to `max_output_tokens`
+        (BUDGET_ON_INSUFFICIENT=fit), or None when this request has no cap to lower."""
+        return None
+
     async def count_input(self, plan: Plan, raw_len: int) -> int:
         """Input tokens of the request, erring high; never blocks the loop."""
         return await tokens.count_request_input_async(
@@ -143,10 +148,34 @@ class Adapter:
     def tap(self, plan: Plan) -> UsageTap:
         raise NotImplementedError
 
+    def is_final_event(self, unit: bytes) -> bool:
+        """Whether a stream unit is the stream's last event, before which the proxy tells
+        the call's cost (`: budget-proxy cost=<usd>`). False for families whose streams have
+        no such event or cannot carry a comment (the cost is then not told in the stream)."""
+        return False
+
+    def cut_events(self, tap: UsageTap, plan: Plan, usage: Usage, cost_usd: float) -> bytes:
+        """The events that end a stream cleanly, in this family's protocol, when a hard limit
+        refuses to extend its hold: after the proxy's `: budget-proxy cut policy=<id>`
+        comment, what the client's SDK reads as a normal end for lack of output room, with
+        the cost comment before the last event. Empty by default: the stream is then closed
+        after the last complete unit relayed (Gemini, Ollama, the Responses API)."""
+        return b""
+
     def stream_parser(self, plan: Plan, content_type: str) -> StreamParser | None:
         """How a successful answer is relayed: unit by unit (a parser), or read whole (None).
         SSE by default."""
         return SSEParser() if content_type == "text/event-stream" else None
+
+
+def cost_comment(cost_usd: float) -> bytes:
+    """The SSE comment that tells a stream's cost (SDKs skip comment lines)."""
+    return f": budget-proxy cost={cost_usd:.9f}\n\n".encode()
+
+
+def sse_event(name: str | None, payload: dict[str, Any]) -> bytes:
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 __all__ = [
@@ -155,8 +184,10 @@ __all__ = [
     "RequestProblem",
     "body_model",
     "choices_of",
+    "cost_comment",
     "json_body",
     "loads_answer",
     "segment_matches",
+    "sse_event",
     "whole",
 ]

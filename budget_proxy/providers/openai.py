@@ -12,7 +12,7 @@ call settled from what the answer reports (images returned, `duration`, `usage`)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import ceil
 from typing import Any, ClassVar
 
@@ -26,6 +26,7 @@ from budget_proxy.providers.base import (
     Plan,
     body_model,
     choices_of,
+    cost_comment,
     json_body,
     whole,
 )
@@ -83,6 +84,10 @@ class OpenAITap(UsageTap):
     """Usage of chat, completions and embeddings answers (`usage`), their stream chunks,
     Responses API answers and events, and image and audio answers (their units)."""
 
+    # the first stream chunk's `id`, `object`, `created`, `model`, `system_fingerprint`:
+    # what a chunk the proxy writes (the end of a cut stream) repeats
+    chunk_head: dict[str, Any] = field(default_factory=dict)
+
     def observe_json(self, body: dict[str, Any]) -> None:
         if self.endpoint in IMAGE_ENDPOINTS or self.endpoint in AUDIO_IN_ENDPOINTS:
             self._media(body)
@@ -136,6 +141,9 @@ class OpenAITap(UsageTap):
         model = payload.get("model")
         if isinstance(model, str):
             self.model = model
+        if not self.chunk_head:
+            self.chunk_head = {k: payload[k] for k in (
+                "id", "object", "created", "model", "system_fingerprint") if k in payload}
         choices = payload.get("choices")
         for choice in as_list(choices):
             choice = as_dict(choice)
@@ -179,6 +187,10 @@ class OpenAITap(UsageTap):
             named = next((t for t in asked if t.startswith(tool)), tool)
             counts[named] = counts.get(named, 0) + 1
         return replace(usage, tool_calls=tuple(sorted(counts.items()))) if counts else usage
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def requested_max_output(endpoint: str, body: dict[str, Any]) -> int | None:
@@ -307,6 +319,40 @@ class OpenAI(Adapter):
 
     def error_body(self, status: int, message: str, *, code: str | None = None) -> bytes:
         return openai_error(status, message, code)
+
+    def with_output_cap(self, plan: Plan, max_output_tokens: int) -> Plan | None:
+        caps = OUTPUT_CAPS.get(plan.endpoint)
+        if not caps or plan.endpoint in FORM_ENDPOINTS:
+            return None
+        key = next((k for k in caps if k in plan.body), caps[0])
+        return replace(plan, body={**plan.body, key: max_output_tokens},
+                       max_output_tokens=max_output_tokens, rewritten=True)
+
+    def is_final_event(self, unit: bytes) -> bool:
+        return len(unit) < 32 and unit.lstrip().startswith(b"data: [DONE]")
+
+    def cut_events(self, tap: UsageTap, plan: Plan, usage: Usage, cost_usd: float) -> bytes:
+        """Chat completions and completions: a last chunk whose every choice finishes with
+        `length`, the usage chunk when the client asked for one, then `[DONE]`."""
+        if plan.endpoint not in USAGE_OPTION_ENDPOINTS:
+            return b""
+        head = dict(tap.chunk_head) if isinstance(tap, OpenAITap) else {}
+        chat = plan.endpoint == "chat.completions"
+        head.setdefault("id", "budget-proxy-cut")
+        head.setdefault("object", "chat.completion.chunk" if chat else "text_completion")
+        head.setdefault("created", 0)
+        head.setdefault("model", plan.model)
+        end: dict[str, Any] = {"logprobs": None, "finish_reason": "length"}
+        choices = [{"index": i, **({"delta": {}} if chat else {"text": ""}), **end}
+                   for i in range(plan.choices)]
+        asked = as_dict(plan.body.get("stream_options")).get("include_usage") is True
+        out = [_data({**head, "choices": choices, **({"usage": None} if asked else {})})]
+        if asked and not plan.strip_usage:
+            out.append(_data({**head, "choices": [], "usage": {
+                "prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens}}))
+        out += [cost_comment(cost_usd), b"data: [DONE]\n\n"]
+        return b"".join(out)
 
     def tap(self, plan: Plan) -> UsageTap:
         tap = OpenAITap(plan.endpoint, strip_usage_chunk=plan.strip_usage,

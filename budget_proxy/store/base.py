@@ -289,6 +289,16 @@ class Store(ABC):
         if the hold was released or never made (fail open): the call did happen."""
 
     @abstractmethod
+    async def extend(self, reservation: Reservation, lines: Sequence[CounterLine],
+                     cost_nusd: int, tokens: int) -> ReserveResult:
+        """Add `cost_nusd` and `tokens` to a live hold (an incremental stream's next slice)
+        on every one of its lines, or on none if an enforced line would pass its limit: the
+        rule of `reserve`, counting no call. The hold's own amounts grow with it, so its
+        settlement, release, or charge as `unsettled` (its process died) takes the extended
+        amounts. A hold that is gone (settled, released, reaped) is not recreated: refused,
+        with `refused_index` None."""
+
+    @abstractmethod
     async def release(self, reservation: Reservation) -> None:
         """Drop the reservation without spend (upstream error, request refused downstream)."""
 

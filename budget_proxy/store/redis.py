@@ -96,8 +96,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCRIPTS = ("reserve", "settle", "release", "reap", "renew", "doc_put", "doc_delete",
-           "trim_records")
+SCRIPTS = ("reserve", "extend", "settle", "release", "reap", "renew", "doc_put",
+           "doc_delete", "trim_records")
 CONNECT_TIMEOUT_S = 0.5  # a dead or unroutable Redis answers StoreError this fast ...
 OP_TIMEOUT_S = 1.0  # ... and a hung one this fast (URL query arguments override both)
 CLOCK_SYNC_INTERVAL_S = 30.0
@@ -369,6 +369,43 @@ class RedisStore(Store):
             held.append((group, indexes))
         self._track(reservation, ttl_s)
         return ReserveResult(True, tuple(t or Totals() for t in totals))
+
+    async def extend(self, reservation: Reservation, lines: Sequence[CounterLine],
+                     cost_nusd: int, tokens: int) -> ReserveResult:
+        """`extend.lua` on each counter group of the hold in turn (one on a standalone
+        server); a group refusing after others grew undoes theirs."""
+        cost_nusd = bounded(cost_nusd, MAX_AMOUNT_NUSD)
+        tokens = bounded(tokens, MAX_AMOUNT_TOKENS)
+        rid = reservation.reservation_id
+        totals: list[Totals] = [Totals()] * len(lines)
+        grown: list[tuple[str, list[int]]] = []
+        for group, indexes in self._groups([line.key for line in lines]):
+            reply = await self._extend_group(rid, group, [lines[i] for i in indexes],
+                                             cost_nusd, tokens, enforce=True)
+            for j, i in enumerate(indexes):
+                totals[i] = Totals(*(int(x) for x in reply[2 + 5 * j: 7 + 5 * j]))
+            if not int(reply[0]):
+                for undo_group, undo_indexes in grown:
+                    with contextlib.suppress(StoreError):  # the hold's settlement frees it
+                        await self._extend_group(rid, undo_group,
+                                                 [lines[i] for i in undo_indexes],
+                                                 -cost_nusd, -tokens, enforce=False)
+                refused = int(reply[1])
+                return ReserveResult(False, tuple(totals),
+                                     indexes[refused] if refused >= 0 else None)
+            grown.append((group, indexes))
+        return ReserveResult(True, tuple(totals))
+
+    async def _extend_group(self, rid: str, group: str, lines: Sequence[CounterLine],
+                            cost_nusd: int, tokens: int, *, enforce: bool) -> Any:
+        args: list[Any] = [cost_nusd, tokens]
+        for line in lines:
+            args += [-1 if line.limit_nusd is None else line.limit_nusd,
+                     -1 if line.limit_tokens is None else line.limit_tokens,
+                     -1 if line.limit_requests is None else line.limit_requests,
+                     1 if enforce and line.enforce else 0]
+        return await self._script("extend", [K.reservation(group, rid),
+                                             *(K.counter(line.key) for line in lines)], args)
 
     async def _compensate(self, reservation: Reservation, held: list[tuple[str, list[int]]]
                           ) -> None:

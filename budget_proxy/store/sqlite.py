@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -141,7 +141,15 @@ class _Drop:
     future: asyncio.Future[bool] | None = None
 
 
-_Write = _Hold | _Settle | _Drop
+@dataclass(slots=True)
+class _Extend:
+    """Write a hold row's grown amounts (an incremental stream's extension)."""
+
+    held: _Held
+    future: asyncio.Future[bool] | None = None
+
+
+_Write = _Hold | _Settle | _Drop | _Extend
 
 
 class SqliteStore(Store):
@@ -275,6 +283,26 @@ class SqliteStore(Store):
         self._track(reservation, ttl_s)
         return ReserveResult(True, totals)
 
+    async def extend(self, reservation: Reservation, lines: Sequence[CounterLine],
+                     cost_nusd: int, tokens: int) -> ReserveResult:
+        current = [self._totals(self._counter(line.key)) for line in lines]
+        held = self._reservations.get(reservation.reservation_id)
+        if held is None:
+            return ReserveResult(False, tuple(current))
+        cost_nusd = bounded(cost_nusd, MAX_AMOUNT_NUSD)
+        tokens = bounded(tokens, MAX_AMOUNT_TOKENS)
+        for index, (line, tot) in enumerate(zip(lines, current, strict=True)):
+            if would_refuse(line, tot, cost_nusd, tokens, 0):
+                return ReserveResult(False, tuple(current), index)
+        # in memory now (atomic with the check above), then the row, before more is relayed
+        grown = replace(held.reservation, cost_nusd=held.reservation.cost_nusd + cost_nusd,
+                        tokens=held.reservation.tokens + tokens)
+        self._hold(replace(grown, cost_nusd=cost_nusd, tokens=tokens), +1, calls=False)
+        held.reservation = grown
+        await self._queue(_Extend(held))
+        return ReserveResult(True, tuple(self._totals(self._counter(line.key))
+                                         for line in lines))
+
     async def settle(
         self, reservation: Reservation, cost_nusd: int, tokens: int, record: UsageRecord | None
     ) -> bool:
@@ -365,6 +393,10 @@ class SqliteStore(Store):
                     "intent) VALUES (?, ?, ?, ?, ?, ?)",
                     (res.reservation_id, orjson.dumps(res.keys).decode(), res.cost_nusd,
                      res.tokens, write.held.expires_at, res.intent)).lastrowid or 0
+            elif isinstance(write, _Extend) and write.held.seq:
+                res = write.held.reservation  # its amounts now (a later row write is moot)
+                db.execute("UPDATE holds SET cost_nusd = ?, tokens = ? WHERE seq = ?",
+                           (res.cost_nusd, res.tokens, write.held.seq))
         ids = [w.record.record_id for w in batch if isinstance(w, _Settle) and w.record]
         seen: set[str] = set()
         if ids:
@@ -376,7 +408,7 @@ class SqliteStore(Store):
         deltas: dict[str, list[int]] = {}
         gone: list[tuple[int]] = []
         for write in batch:
-            if isinstance(write, _Hold):
+            if isinstance(write, _Hold | _Extend):
                 results.append(True)
                 continue
             if write.seq:
