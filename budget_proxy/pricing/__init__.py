@@ -4,7 +4,7 @@
   for catalog entries and stored versions, and the fallback rule for a missing rate;
 - `catalog`: the packaged catalog and the name resolution run on every request;
 - `book`: the catalog with stored price versions laid over it, and the price views;
-- `tools`: a call's cost line by line, and model recommendations;
+- `tools`: a call's cost line by line;
 - `sources` and `update`: where new prices come from, and the scheduled update.
 
 Prices are exact decimals; costs are computed by `budget_proxy.usage.cost_of`.
@@ -46,7 +46,7 @@ from budget_proxy.pricing.fields import (
     PriceType,
     Tier,
 )
-from budget_proxy.pricing.tools import cost_breakdown, recommend
+from budget_proxy.pricing.tools import cost_breakdown
 
 __all__ = [
     "CEILING_MODEL",
@@ -78,5 +78,4 @@ __all__ = [
     "local_model_billions",
     "price_changes",
     "price_fields_view",
-    "recommend",
 ]

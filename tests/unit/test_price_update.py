@@ -22,7 +22,6 @@ from budget_proxy.pricing import (
     PriceCatalog,
     PriceVersion,
     PriceWriteError,
-    recommend,
 )
 from budget_proxy.pricing.sources import PriceSource, Quote
 from budget_proxy.pricing.update import (
@@ -314,42 +313,6 @@ async def test_alert_rule_raises_one_alert_per_model():
 
 
 # cost tools -----------------------------------------------------------------------------------
-def test_recommend_cheapest_that_fit():
-    catalog = PriceCatalog.load_default()
-    rows = recommend(catalog, context_tokens=150_000, output_tokens=1_000,
-                     tier="remote_heavyweight", calls_per_day=10, limit=3)
-    assert len(rows) == 3
-    for row in rows:
-        assert row["context_window_tokens"] >= 151_000
-    costs = [r["cost_per_call_usd"] for r in rows]
-    assert costs == sorted(costs)
-    first = rows[0]
-    # cost per call by hand from the row's own list prices
-    expected = (150_000 * float(first["input_usd_per_mtok"])
-                + 1_000 * float(first["output_usd_per_mtok"])) / 1e6
-    assert first["cost_per_call_usd"] == pytest.approx(expected)
-    assert first["cost_per_month_usd"] == pytest.approx(expected * 10 * 30)
-    # nothing cheaper fits: every other hosted chat model with room costs at least as much
-    for entry in catalog:
-        if (entry.mode != "embedding" and entry.context_window_tokens
-                and entry.context_window_tokens >= 151_000
-                and (entry.max_output_tokens or 10**9) >= 1_000):
-            cost = (150_000 * entry.input_usd_per_mtok + 1_000 * entry.output_usd_per_mtok)
-            assert float(cost) / 1e6 >= first["cost_per_call_usd"] - 1e-12
-
-
-def test_recommend_limits():
-    catalog = PriceCatalog.load_default()
-    assert recommend(catalog, context_tokens=5_000_000, output_tokens=10) == []
-    cheap = recommend(catalog, context_tokens=1000, output_tokens=100, max_cost_usd=0.0002,
-                      limit=100)
-    assert cheap and all(r["cost_per_call_usd"] <= 0.0002 for r in cheap)
-    local = recommend(catalog, context_tokens=1000, output_tokens=100, tier="local_midweight")
-    assert {(r["provider"], r["model"]) for r in local} == {("ollama", "*>8b"), ("vllm", "*>8b")}
-    embed = recommend(catalog, context_tokens=1000, output_tokens=100, task_type="embedding")
-    assert embed and all(r["mode"] == "embedding" for r in embed)
-
-
 # updates --------------------------------------------------------------------------------------
 def litellm_table(gpt4o_input: float, gpt4o_cached: float = 1.25e-06) -> dict[str, Any]:
     return {
