@@ -117,3 +117,23 @@ async def test_the_async_client(proxy):
         assert (await client.list_budgets())[0].budget_id == "default"
         with pytest.raises(BudgetNotFoundError):
             await client.get_budget("nope")
+
+
+def test_any_call_over_the_same_transport(server):
+    with BudgetClient(server.url, TOKEN) as client:
+        (price,) = client.request("GET", "/api/prices", params={"model": "gpt-4o-mini",
+                                                                "provider": None})
+        assert price["model"] == "gpt-4o-mini"
+        policy = client.request("POST", "/api/policies", json={"period": "daily",
+                                                                 "cost_limit": 2})
+        assert client.request("GET", f"/api/policies/{policy['policy_id']}")["cost_limit"] == 2
+        with pytest.raises(BudgetNotFoundError):
+            client.request("GET", "/api/policies/pol_missing")
+        with pytest.raises(BudgetValidationError) as invalid:
+            client.request("POST", "/api/policies", json={"period": "fortnightly"})
+        assert invalid.value.status in (400, 422)
+        events = list(client.update_prices())  # no price sources configured
+        assert events[-1]["type"] == "report"
+        assert events[-1]["report"]["status"] == "no_sources"
+    with pytest.raises(BudgetAuthError):
+        BudgetClient(server.url, "wrong-token").request("POST", "/api/policies", json={})
