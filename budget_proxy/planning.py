@@ -214,7 +214,8 @@ class Payer:
 def usage_record(*, record_id: str | None, payer: Payer, provider: str, model: str,
                  requested_model: str | None, route: str, usage: Usage, cost: Cost,
                  pricing_id: str | None, status: str = "ok", streamed: bool = False,
-                 metadata: dict[str, Any] | None = None, **extra: Any) -> UsageRecord:
+                 metadata: dict[str, Any] | None = None,
+                 timestamp: datetime | None = None) -> UsageRecord:
     """The usage record of one call, from its usage and cost: built here only."""
     return UsageRecord(
         **({"record_id": record_id} if record_id else {}),
@@ -227,7 +228,8 @@ def usage_record(*, record_id: str | None, payer: Payer, provider: str, model: s
         reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
         input_cost=nusd_to_usd(cost.input_nusd), output_cost=nusd_to_usd(cost.output_nusd),
         total_cost=nusd_to_usd(cost.total_nusd), pricing_id=pricing_id, status=status,
-        streamed=streamed, metadata=metadata or {}, **extra,
+        streamed=streamed, metadata=metadata or {},
+        **({"timestamp": timestamp} if timestamp is not None else {}),
     )
 
 

@@ -35,7 +35,7 @@ from budget_proxy.enforcement import (
     tightest_remaining,
     warnings,
 )
-from budget_proxy.models import UsageRecord, new_id, nusd_to_usd
+from budget_proxy.models import MAX_CALL_TOKENS, UsageRecord, new_id, nusd_to_usd
 from budget_proxy.periods import seconds_until
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.pricing import ModelPrice, PriceCatalog
@@ -723,19 +723,22 @@ class Proxy:
             self.background.add(task)
             task.add_done_callback(self.background.discard)
 
-    async def extend_hold(self, meta: Metered, output_tokens: int) -> str | None:
-        """Extend an incremental stream's hold by `output_tokens` on every line it holds, by
+    async def extend_hold(self, meta: Metered, output_tokens: int, input_tokens: int = 0
+                          ) -> str | None:
+        """Extend an incremental stream's hold by `output_tokens` (and by `input_tokens` when
+        the provider confirmed more input than the proxy counted) on every line it holds, by
         the store's atomic reserve rule; None when extended, else the id of the policy that
         refused (the stream is then cut). A store outage fails open (relayed unheld) or
         closed (cut, `budget_store_unavailable`) by BUDGET_FAIL_MODE."""
         reservation = meta.reservation
         before = planning.hold(meta.input_tokens_estimate, meta.held_output_tokens, meta.price,
                                meta.units)
-        after = planning.hold(meta.input_tokens_estimate,
+        after = planning.hold(meta.input_tokens_estimate + input_tokens,
                               meta.held_output_tokens + output_tokens, meta.price, meta.units)
-        cost_nusd, tokens_added = after.cost_nusd - before.cost_nusd, output_tokens
+        cost_nusd, tokens_added = after.cost_nusd - before.cost_nusd, after.tokens - before.tokens
         if not reservation.keys:  # no policy matches: nothing to hold on
             meta.held_output_tokens += output_tokens
+            meta.input_tokens_estimate += input_tokens
             return None
         try:
             result = await self.store.extend(reservation, meta.lines, cost_nusd, tokens_added)
@@ -746,6 +749,7 @@ class Proxy:
                 _log_store_down(f"budget store unavailable, cutting a stream: {exc}")
                 return "budget_store_unavailable"
             meta.held_output_tokens += output_tokens
+            meta.input_tokens_estimate += input_tokens
             return None
         if not result.ok:
             assert result.refused_index is not None
@@ -754,6 +758,7 @@ class Proxy:
                 refused(meta.provider, line.policy_id, "limit")
             return line.policy_id
         meta.held_output_tokens += output_tokens
+        meta.input_tokens_estimate += input_tokens
         meta.reservation = replace(reservation, cost_nusd=reservation.cost_nusd + cost_nusd,
                                    tokens=reservation.tokens + tokens_added)
         return None
@@ -880,6 +885,7 @@ class Relay:
         self.plan = plan
         self.tap_failed = False
         self.counted_parts = 0  # tap.text_parts already counted
+        self.input_checked = not meta.incremental  # against the provider's confirmed input
         self.relayed_tokens = 0 if meta.incremental else None
         self.slice_tokens = proxy.settings.stream_slice_tokens
 
@@ -912,8 +918,9 @@ class Relay:
                 self.count_new_text()
                 more = planning.extension(meta.held_output_tokens, self.relayed_tokens,
                                           meta.cap_tokens, self.slice_tokens)
-                if more:
-                    refused_by = await self.proxy.extend_hold(meta, more)
+                more_input = self.unheld_input()
+                if more or more_input:
+                    refused_by = await self.proxy.extend_hold(meta, more, more_input)
                     if refused_by is not None:
                         out.append(self.cut(refused_by))
                         return b"".join(out), True
@@ -921,6 +928,22 @@ class Relay:
                 out.append(base.cost_comment(self.cost_usd()))
             out.append(event)
         return b"".join(out), False
+
+    def unheld_input(self) -> int:
+        """Input the provider confirmed (Anthropic's `message_start`) beyond the proxy's
+        count, which the hold must cover too; read until the first text arrives."""
+        if self.input_checked:
+            return 0
+        confirmed = self.tap.confirmed()
+        if confirmed is None:
+            self.input_checked = bool(self.tap.text_parts)
+            return 0
+        self.input_checked = True
+        usage = confirmed[0]
+        if not usage.trusted:
+            return 0
+        return max(0, min(usage.total_input_tokens, MAX_CALL_TOKENS)
+                   - self.meta.input_tokens_estimate)
 
     def cost_usd(self) -> float:
         meta = self.meta

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import ChainMapProxy, web
 
-from budget_proxy import allocations, tokens
+from budget_proxy import allocations, planning, tokens
 from budget_proxy.api.common import api_error, json_response, read_model, read_query
 from budget_proxy.api.openapi import api_route
 from budget_proxy.appkeys import ALERTS, EVENTS, POLICIES, PROXY, SETTINGS, STORE
@@ -21,13 +21,11 @@ from budget_proxy.enforcement import (
     CounterLine,
     RequestScope,
     Totals,
-    counter_lines,
-    soft_limit_move,
     tightest_remaining,
     warnings,
     would_refuse,
 )
-from budget_proxy.models import PolicyType, UsageRecord, nusd_to_usd, usd_to_nusd
+from budget_proxy.models import UsageRecord, nusd_to_usd, usd_to_nusd
 from budget_proxy.pricing import ModelPrice
 from budget_proxy.reporting import aggregate_usage, time_range
 from budget_proxy.schemas import (
@@ -41,8 +39,7 @@ from budget_proxy.schemas import (
     UsageSummaryQuery,
 )
 from budget_proxy.store.base import Reservation, UsageQuery
-from budget_proxy.usage import Cost, Usage, cost_of, worst_case_nusd
-from budget_proxy.wire import DEFAULT_MAX_OUTPUT_TOKENS
+from budget_proxy.usage import Cost, Usage, cost_of
 
 INLINE_COUNT_CHARS = 16_384  # longer texts are counted in a thread, off the event loop
 
@@ -116,8 +113,9 @@ async def resolve(
     task_type: str | None, session: str | None, task: str | None, allocation_id: str | None,
     context_id: str | None, *, follow_soft_limits: bool,
 ) -> Resolved:
-    """Counter lines as the proxy builds them: policies matching the scope, a soft limit's
-    model move, and the allocation drawn on (whose component is charged when none is named)."""
+    """Counter lines as the proxy builds them (`budget_proxy.planning`): policies matching
+    the scope, a soft limit's model move, and the allocation drawn on (whose component is
+    charged when none is named)."""
     store = app[STORE]
     cache = app[POLICIES]
     await cache.refresh()
@@ -125,28 +123,29 @@ async def resolve(
     now = store.now()
     alloc, refusal = await allocations.lookup(store, allocation_id, context_id)
     drawing = alloc if refusal is None else None
-    component = component or (drawing.component if drawing else app[SETTINGS].component)
+    named = component is not None
 
-    def lines_for(model: str, price: ModelPrice) -> list[CounterLine]:
-        scope = RequestScope(provider=provider, model=model, component=component,
-                             tier=price.tier, task_type=task_type, session=session, task=task)
-        return counter_lines(cache.policies, scope, now, tz)
+    def windows_for(model: str, price: ModelPrice) -> planning.Windows:
+        scope = RequestScope(provider=provider, model=model,
+                             component=component or app[SETTINGS].component, tier=price.tier,
+                             task_type=task_type, session=session, task=task)
+        return planning.windows(cache.policies, scope, now, tz, drawing, component_named=named)
 
-    lines = lines_for(model, price)
+    found = windows_for(model, price)
     notes: list[str] = []
-    if follow_soft_limits and any(
-            cache.by_id[ln.policy_id].type is PolicyType.SOFT_LIMIT for ln in lines):
-        moved, notes = soft_limit_move(cache.by_id, lines, await store.totals(
-            [ln.key for ln in lines]))
-        moved_price = app[PROXY].price_for(provider, moved) if moved and moved != model else None
+    if follow_soft_limits and planning.soft_limited(cache.by_id, found.lines):
+        moved, notes = planning.moved_model(cache.by_id, found.lines, await store.totals(
+            [ln.key for ln in found.lines]), model)
+        moved_price = app[PROXY].price_for(provider, moved) if moved else None
         if moved and moved_price is not None:
             model, price = moved, moved_price
-            lines = lines_for(model, price)
+            found = windows_for(model, price)
+    drawn = found.allocation
     return Resolved(
-        model=model, price=price, component=component,
-        lines=allocations.drawn_lines(drawing, lines) if drawing else lines,
-        allocation_id=alloc.allocation_id if alloc else allocation_id,
-        context_id=context_id or (alloc.context_id if alloc else None),
+        model=model, price=price, component=found.component, lines=found.lines,
+        allocation_id=drawn.allocation_id if drawn else (
+            alloc.allocation_id if alloc else allocation_id),
+        context_id=context_id or (drawn.context_id if drawn else None),
         refusal=refusal, notes=notes,
     )
 
@@ -167,7 +166,9 @@ async def check_usage(request: web.Request) -> web.Response:
 
 
 async def check(app: web.Application | ChainMapProxy, req: UsageCheckRequest) -> UsageCheckResult:
-    """Would `req` be allowed, and what would remain? Nothing is reserved. Raises `NoPrice`."""
+    """Would `req` be allowed, and what would remain? Nothing is reserved. Planned as the
+    proxy plans a non-streamed call (`budget_proxy.planning`): its worst case, fitted under
+    BUDGET_ON_INSUFFICIENT=fit, and the proxy's refusal message. Raises `NoPrice`."""
     price = app[PROXY].price_for(req.provider, req.model)
     if price is None:
         raise NoPrice(req.model)
@@ -176,14 +177,12 @@ async def check(app: web.Application | ChainMapProxy, req: UsageCheckRequest) ->
                       follow_soft_limits=True)
     input_tokens = req.input_tokens if req.input_tokens is not None else await count_tokens(
         req.input_text, r.model)
-    max_out = req.max_output_tokens
-    if max_out is None:
-        max_out = r.price.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
-    cost = worst_case_nusd(input_tokens, max_out, r.price)
-    n = input_tokens + max_out
+    held = planning.hold(input_tokens, planning.output_cap(req.max_output_tokens, 1, r.price),
+                         r.price)
     result = UsageCheckResult(
         allowed=True, provider=req.provider, model=r.model, component=r.component,
-        input_tokens=input_tokens, max_output_tokens=max_out, estimated_cost=nusd_to_usd(cost),
+        input_tokens=input_tokens, max_output_tokens=held.output_tokens,
+        estimated_cost=nusd_to_usd(held.cost_nusd),
         suggested_model=r.model if r.model != req.model else None,
         allocation_id=r.allocation_id,
     )
@@ -191,11 +190,20 @@ async def check(app: web.Application | ChainMapProxy, req: UsageCheckRequest) ->
         result.allowed, result.reason, result.refused_by = False, r.refusal, r.allocation_id
         return result
     totals = await app[STORE].totals([ln.key for ln in r.lines])
-    after = [Totals(t.spent_nusd, t.reserved_nusd + cost, t.spent_tokens, t.reserved_tokens + n)
-             for t in totals]
+    refused = planning.refused_index(r.lines, totals, held)
+    if refused is not None and app[SETTINGS].on_insufficient == "fit":
+        fitted = planning.fitting_output(r.lines, totals, held.input_tokens, held.output_tokens,
+                                         r.price)
+        if fitted:
+            held = planning.hold(held.input_tokens, fitted, r.price)
+            result.max_output_tokens = fitted
+            result.estimated_cost = nusd_to_usd(held.cost_nusd)
+            refused = planning.refused_index(r.lines, totals, held)
+    cost, n = held.cost_nusd, held.tokens
+    after = [Totals(t.spent_nusd, t.reserved_nusd + cost, t.spent_tokens, t.reserved_tokens + n,
+                    t.requests + 1) for t in totals]
     by_id = app[POLICIES].by_id
     for line, tot in zip(r.lines, totals, strict=True):
-        exceeds = would_refuse(line, tot, cost, n)
         policy = by_id.get(line.policy_id)
         result.lines.append(CheckedLine(
             policy_id=line.policy_id, name=policy.name if policy else "allocation",
@@ -204,27 +212,17 @@ async def check(app: web.Application | ChainMapProxy, req: UsageCheckRequest) ->
             enforced=line.enforce, limit_cost=None if line.limit_nusd is None else nusd_to_usd(
                 line.limit_nusd), limit_tokens=line.limit_tokens,
             used_cost=nusd_to_usd(tot.used_nusd), used_tokens=tot.used_tokens,
-            would_exceed=exceeds,
+            would_exceed=would_refuse(line, tot, cost, n),
         ))
-        if exceeds and result.allowed:
-            result.allowed, result.refused_by = False, line.policy_id
-            result.reason = _refusal_reason(line, tot, cost, n, policy.name if policy else None)
+    if refused is not None:
+        line = r.lines[refused]
+        result.allowed, result.refused_by = False, line.policy_id
+        result.reason = planning.refusal_message(line, totals[refused], held,
+                                                 by_id.get(line.policy_id))
     remaining = tightest_remaining(r.lines, after if result.allowed else totals)
     result.remaining_cost, result.remaining_tokens = remaining.cost_usd, remaining.tokens
     result.warnings = r.notes + warnings(by_id, r.lines, after)
     return result
-
-
-def _refusal_reason(line: CounterLine, tot: Totals, cost: int, n: int, name: str | None) -> str:
-    label = name or line.policy_id
-    parts = []
-    if line.limit_nusd is not None and tot.used_nusd + cost > line.limit_nusd:
-        left = nusd_to_usd(max(0, line.limit_nusd - tot.used_nusd))
-        parts.append(f"${left:.6f} left, this request may cost up to ${nusd_to_usd(cost):.6f}")
-    if line.limit_tokens is not None and tot.used_tokens + n > line.limit_tokens:
-        left_t = max(0, line.limit_tokens - tot.used_tokens)
-        parts.append(f"{left_t} tokens left, this request may use up to {n}")
-    return f"hard limit {label}: " + "; ".join(parts)
 
 
 async def record_usage(request: web.Request) -> web.Response:
@@ -260,18 +258,14 @@ async def record_usage(request: web.Request) -> web.Response:
                           req.session_id, req.task_id, req.allocation_id, req.context_id,
                           follow_soft_limits=False)
         lines, component = r.lines, r.component
-    record = UsageRecord(
-        allocation_id=r.allocation_id if r else req.allocation_id,
-        context_id=r.context_id if r else req.context_id, component=component,
-        session_id=req.session_id, task_id=req.task_id, task_type=req.task_type,
-        provider=req.provider, model=req.model, route="record",
-        input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
-        cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens, total_tokens=usage.total_tokens,
-        input_cost=nusd_to_usd(cost.input_nusd), output_cost=nusd_to_usd(cost.output_nusd),
-        total_cost=nusd_to_usd(cost.total_nusd),
+    record = planning.usage_record(
+        record_id=None, payer=planning.Payer(
+            component, r.allocation_id if r else req.allocation_id,
+            r.context_id if r else req.context_id, req.session_id, req.task_id, req.task_type),
+        provider=req.provider, model=req.model, requested_model=None, route="record",
+        usage=usage, cost=cost,
         pricing_id=price.pricing_id if price is not None and req.input_cost is None else None,
-        metadata=req.metadata, **({"timestamp": req.timestamp} if req.timestamp else {}),
+        metadata=req.metadata, timestamp=req.timestamp,
     )
     # settle without a prior reservation: spend lands on every line, never refused
     charge = Reservation(record.record_id, tuple(ln.key for ln in lines), 0, 0)

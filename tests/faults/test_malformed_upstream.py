@@ -9,9 +9,9 @@ Each case is a `RawAnswer` the fake provider sends byte for byte, whatever the r
 from __future__ import annotations
 
 import asyncio
-import re
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
