@@ -246,7 +246,9 @@ async def _streams(
                 ttfb.append(first_byte - t0)
             if first_content is not None:
                 ttfc.append(first_content - t0)
-            events = data.count(b"\n\n")
+            # SSE comments (the proxy's `: budget-proxy cost=...`) are not events
+            events = (data.count(b"\n\n") - data.count(b"\n\n:")
+                      - (1 if data.startswith(b":") else 0))
             if expect_events is None or events == expect_events:
                 complete += 1
             else:
@@ -889,11 +891,18 @@ def _expected_events(family: str, chunks: int) -> int:
     return chunks + 4 if family == "openai" else chunks + 6
 
 
+def messages_path(t: Target) -> str:
+    """Anthropic's Messages API: the fake and the floor serve it at its own path; the proxy
+    serves Anthropic under its `/anthropic` prefix."""
+    return MESSAGES_PATH if t.name in ("direct", "floor") else "/anthropic" + MESSAGES_PATH
+
+
 def measure_stream_ttfc(h: Harness, t: Target) -> dict[str, dict[str, Any]]:
     rows = {}
     for family, path, body, headers, marker in (
         ("openai", CHAT_PATH, STREAM_CHAT, OPENAI_HEADERS, OPENAI_CONTENT_MARKER),
-        ("anthropic", MESSAGES_PATH, STREAM_MESSAGES, ANTHROPIC_HEADERS, ANTHROPIC_CONTENT_MARKER),
+        ("anthropic", messages_path(t), STREAM_MESSAGES, ANTHROPIC_HEADERS,
+         ANTHROPIC_CONTENT_MARKER),
     ):
         expected = _expected_events(family, STREAM_CHUNKS)
         spec = {
@@ -1016,9 +1025,11 @@ for _scenario in (
     ),
     Scenario(
         "stream_ttfc",
-        f"serial streams of {STREAM_CHUNKS} chunks 2 ms apart",
+        f"serial streams of {STREAM_CHUNKS} chunks 2 ms apart, five policies matching "
+        "(a stream's hold is extended on each under BUDGET_STREAM_ENFORCEMENT=incremental)",
         measure_stream_ttfc,
         fake_config=_stream_fake(STREAM_CHUNKS, 0.002),
+        proxy_setup=lambda ctx, data_dir: with_five_policies(ctx, data_dir),  # defined below
     ),
     Scenario(
         "open_streams_200",
