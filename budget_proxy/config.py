@@ -237,6 +237,12 @@ class Settings(BaseSettings):
                 f"BUDGET_HOST: listening on {self.host} (not loopback) with no "
                 "BUDGET_ADMIN_TOKEN would let anyone on the network change budgets: set "
                 "BUDGET_ADMIN_TOKEN, listen on 127.0.0.1, or set BUDGET_ALLOW_OPEN_ADMIN=true")
+        if self.database_url:
+            import importlib.util
+
+            if importlib.util.find_spec("asyncpg") is None:
+                raise ConfigError("BUDGET_DATABASE_URL needs the PostgreSQL driver: "
+                                  "pip install 'budget-proxy[postgres]'")
 
     @field_validator("timezone")
     @classmethod

@@ -7,24 +7,35 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 from budget_proxy.appkeys import ALERTS, CATALOG, SETTINGS, STORE
-from budget_proxy.config import Settings
-from budget_proxy.ledger.postgres import PostgresLedger
+from budget_proxy.config import ConfigError, Settings
 from budget_proxy.ledger.rebuild import DriftCheck, TierOf
 from budget_proxy.models import AlertSeverity, nusd_to_usd
 from budget_proxy.pricing import PriceCatalog
 from budget_proxy.store.base import StoreError
+
+if TYPE_CHECKING:  # asyncpg is the optional `postgres` extra: imported only when configured
+    from budget_proxy.ledger.postgres import PostgresLedger
 
 log = logging.getLogger(__name__)
 DRIFT_ALERT = "ledger_drift"
 
 
 def make_ledger(settings: Settings) -> PostgresLedger | None:
-    return PostgresLedger(settings.database_url) if settings.database_url else None
+    if not settings.database_url:
+        return None
+    try:
+        from budget_proxy.ledger.postgres import PostgresLedger
+    except ImportError as exc:
+        raise ConfigError(
+            "BUDGET_DATABASE_URL needs the PostgreSQL driver: pip install "
+            f"'budget-proxy[postgres]' ({exc})") from exc
+    return PostgresLedger(settings.database_url)
 
 
 def tier_lookup(book: PriceCatalog) -> TierOf:

@@ -304,4 +304,4 @@ async def test_screenshots_of_every_tab(site, sign_in):
 
 async def chat_once(panel: Any) -> None:
     await panel.get_by_role("button", name="How is my spend going?").click()
-    await expect(panel.locator(".msg.assistant").first).to_contain_text("calls")
+    await expect(panel.locator(".msg.assistant").first).to_contain_text("requests cost")
