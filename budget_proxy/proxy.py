@@ -754,8 +754,8 @@ class Proxy:
         if not result.ok:
             assert result.refused_index is not None
             line = meta.lines[result.refused_index]
-            for refused in self.on_refuse:
-                refused(meta.provider, line.policy_id, "limit")
+            for refused in self.on_refuse:  # reason `cut`: served, then ended at the limit
+                refused(meta.provider, line.policy_id, "cut")
             return line.policy_id
         meta.held_output_tokens += output_tokens
         meta.input_tokens_estimate += input_tokens

@@ -118,6 +118,12 @@ class Gemini(Adapter):
     def with_model(self, plan: Plan, model: str) -> Plan | None:
         return None  # named in the path
 
+    def with_output_cap(self, plan: Plan, max_output_tokens: int) -> Plan | None:
+        config = {**as_dict(plan.body.get("generationConfig")),
+                  "maxOutputTokens": max_output_tokens}
+        return replace(plan, body={**plan.body, "generationConfig": config},
+                       max_output_tokens=max_output_tokens, rewritten=True)
+
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}
 

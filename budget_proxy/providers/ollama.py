@@ -5,7 +5,7 @@ this family needs no key."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import orjson
@@ -59,6 +59,13 @@ class Ollama(Adapter):
         return Plan(endpoint=endpoint, model=body_model(body), body=body,
                     streaming=not embed and body.get("stream") is not False,
                     max_output_tokens=0 if embed else cap)
+
+    def with_output_cap(self, plan: Plan, max_output_tokens: int) -> Plan | None:
+        if plan.endpoint == "ollama.embed":
+            return None
+        options = {**as_dict(plan.body.get("options")), "num_predict": max_output_tokens}
+        return replace(plan, body={**plan.body, "options": options},
+                       max_output_tokens=max_output_tokens, rewritten=True)
 
     def catalog_provider(self, provider: ProviderConfig) -> str:
         return "ollama"  # local models: the catalog's zero-cost wildcards, tiered by size
