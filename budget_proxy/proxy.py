@@ -50,7 +50,7 @@ from budget_proxy.store.base import (
 )
 from budget_proxy.store.journal import SettlementJournaled
 from budget_proxy.usage import NO_UNITS, Usage, cost_of
-from budget_proxy.wire import StreamParser, UsageTap
+from budget_proxy.wire import SSEParser, StreamParser, UsageTap
 
 log = logging.getLogger(__name__)
 
@@ -957,6 +957,8 @@ class Relay:
                  policy_id, self.relayed_tokens)
         cost = self.cost_usd()
         assert meta.usage is not None
+        if not isinstance(self.parser, SSEParser):  # NDJSON, a JSON array: no comments
+            return b""
         events = self.adapter.cut_events(self.tap, self.plan, meta.usage, cost)
         return f": budget-proxy cut policy={policy_id}\n\n".encode() + events
 
