@@ -33,12 +33,14 @@ def claude(url: str) -> anthropic.AsyncAnthropic:
                                     max_retries=0)
 
 
-async def proxy_input_tokens(api: str, body: dict) -> int:
+async def proxy_input_tokens(api: str, body: dict, endpoint: str | None = None,
+                             path: str = "") -> int:
     """The input the proxy counts for `body` (its adapter's own count)."""
     adapter = adapter_for(api)
-    endpoint = "messages" if api == "anthropic" else "chat.completions"
+    endpoint = endpoint or ("messages" if api == "anthropic" else "chat.completions")
     raw = orjson.dumps(body)
-    plan = adapter.plan(endpoint, "", "", raw, ProviderConfig(name=api, api=api, base_url="x"))
+    plan = adapter.plan(endpoint, path, "", raw,
+                        ProviderConfig(name=api, api=api, base_url="x"))
     return await adapter.count_input(plan, len(raw))
 
 
@@ -308,3 +310,22 @@ async def test_hostile_stream_settings_are_configuration_errors(name, value, mon
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name.removeprefix("BUDGET_").lower()):
         Settings()
+
+
+# families without cut events: the stream ends after its last complete unit --------------
+async def test_an_ollama_stream_past_its_budget_ends_after_a_whole_line(proxy_factory,
+                                                                        slow_tokens,
+                                                                        monkeypatch):
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    proxy = await proxy_factory(stream_slice_tokens=SLICE, providers={
+        "ollama": ProviderConfig(name="ollama", base_url=slow_tokens.url, api="ollama")})
+    body = {"model": "llama3.2:3b", "messages": PROMPT, "options": {"num_predict": 200}}
+    limit = await proxy_input_tokens("ollama", body, "ollama.chat", "api/chat") + OUTPUT_ROOM
+    policy = await add_policy(proxy, type="hard_limit", token_limit=limit, provider="ollama")
+    async with httpx.AsyncClient(timeout=20) as client:
+        resp = await client.post(f"{proxy.url}/ollama/api/chat", json=body, headers=SLOW)
+    lines = [orjson.loads(line) for line in resp.content.splitlines()]  # every line whole
+    text = "".join(line["message"]["content"] for line in lines)
+    assert 0 < text.count(" token") <= OUTPUT_ROOM
+    (rec,) = await records(proxy)
+    assert rec["metadata"]["cut"] == policy["policy_id"] and rec["total_tokens"] <= limit
