@@ -45,7 +45,7 @@ from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
 from budget_proxy.pricing import PriceBook
 from budget_proxy.pricing.update import prices_ctx
-from budget_proxy.proxy import Proxy
+from budget_proxy.proxy import Proxy, stamp_overhead
 from budget_proxy.store.base import Store, StoreError, hold_timing
 from budget_proxy.store.sqlite import SqliteStore
 from budget_proxy.virtual_keys import KeyRing
@@ -247,6 +247,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     ws.setup(app)
     dashboard.setup(app)  # `/` and `/ui/...`: before the catch-all
     app.router.add_route("*", "/{provider}/{tail:.*}", _proxy_handler)
+    app.on_response_prepare.append(stamp_overhead)  # X-Budget-Overhead-Ms on proxy answers
     return app
 
 

@@ -112,6 +112,7 @@ ERROR_CODES = frozenset({
     "provider_key_missing", "bad_upstream_response", "upstream_timeout",
 })
 OUTCOMES = ("ok", "aborted", "error")
+ANSWERS = ("metered", "free", "refused")  # label `answer` of the overhead histogram
 STORE_OPERATIONS = ("reserve", "settle", "release")
 # budget_proxy_tokens_total: a partition of a call's total tokens (each token counted once)
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
@@ -484,9 +485,12 @@ class Metrics:
             ("gen_ai_provider_name", "route"), buckets=DURATION_BUCKETS, registry=None)
         self.overhead = Histogram(
             "budget_proxy_overhead_seconds",
-            "Time the proxy itself adds to a metered call (before the upstream call and after "
-            "its end), excluding the upstream's time.",
-            ("gen_ai_provider_name", "route"), buckets=OVERHEAD_BUCKETS, registry=None)
+            "Time the proxy itself adds to an answer under a provider prefix, as told in its "
+            "X-Budget-Overhead-Ms header: arrival to the answer's headers, less the upstream's "
+            "time (to its answer, or a stream's first chunk). answer: metered, free (forwarded "
+            "unmetered) or refused (answered by the proxy).",
+            ("gen_ai_provider_name", "route", "answer"), buckets=OVERHEAD_BUCKETS,
+            registry=None)
         self.tokens = Counter(
             "budget_proxy_tokens_total",
             "Tokens charged, by token type (a partition of the total) and component.",
@@ -598,6 +602,7 @@ class Metrics:
         proxy.on_refuse.append(self.on_refuse)
         proxy.on_store_failure.append(self.on_store_failure)
         proxy.on_error_response.append(self.on_error_response)
+        proxy.on_answer.append(self.on_answer)
         unmetered = getattr(proxy, "on_unmetered", None)
         if isinstance(unmetered, list):
             unmetered.append(self.on_unmetered)
@@ -646,7 +651,6 @@ class Metrics:
             self._child(self.request_duration, provider, route).observe(
                 meta.finished_at - meta.started_at)
         if meta.upstream_sent_at:
-            self._child(self.overhead, provider, route).observe(meta.overhead_s)
             done = meta.upstream_done_at or meta.finished_at
             error_type = ("" if outcome == "ok" else "aborted" if outcome == "aborted"
                           else status_class(meta.status, answered))
@@ -700,6 +704,11 @@ class Metrics:
 
     def on_store_failure(self, operation: str) -> None:
         self._child(self.store_failures, operation[:MAX_LABEL_CHARS], self.fail_mode).inc()
+
+    def on_answer(self, provider: str, route: str, answer: str, overhead_s: float) -> None:
+        """`Proxy.on_answer`: the overhead told in an answer's `X-Budget-Overhead-Ms`."""
+        self._child(self.overhead, bounded(provider, self.providers), route,
+                    bounded(answer, ANSWERS)).observe(overhead_s)
 
     def on_error_response(self, api: str, status: int, code: str) -> None:
         self._child(self.error_responses, api[:MAX_LABEL_CHARS], str(status),

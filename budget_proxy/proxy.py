@@ -82,6 +82,54 @@ class Attribution:
 # the caller a virtual key identified, set by `Proxy.identify` for `Proxy.attribution`
 CALLER = web.RequestKey("budget_proxy_caller", Attribution)
 
+OVERHEAD_HEADER = "X-Budget-Overhead-Ms"
+# provider, route (endpoint kind or "other"), answer (metered, free, refused), overhead in s
+AnswerHook = Callable[[str, str, str, float], None]
+
+
+@dataclass(slots=True)
+class Timing:
+    """The proxy's own time on one request: from its arrival to its answer's headers, minus
+    the time spent waiting on the upstream (request sent to its answer, or to the first chunk
+    of a stream). Every answer under a provider prefix carries it (`stamp_overhead`)."""
+
+    started_at: float  # perf_counter() when the request arrived
+    hooks: list[AnswerHook]
+    provider: str = ""
+    route: str = "other"
+    answer: str = "refused"  # metered | free once forwarded; refused: answered by the proxy
+    waited_s: float = 0.0
+    waiting_since: float = 0.0
+
+    def wait(self) -> None:
+        """The upstream has the call: its time is not the proxy's."""
+        self.waiting_since = time.perf_counter()
+
+    def resume(self) -> None:
+        if self.waiting_since:
+            self.waited_s += time.perf_counter() - self.waiting_since
+            self.waiting_since = 0.0
+
+    def overhead_s(self, now: float) -> float:
+        waiting = now - self.waiting_since if self.waiting_since else 0.0
+        return max(0.0, now - self.started_at - self.waited_s - waiting)
+
+
+TIMING = web.RequestKey("budget_proxy_timing", Timing)
+
+
+async def stamp_overhead(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the answer to a proxy route carries `X-Budget-Overhead-Ms`
+    (the proxy's own time until its headers), and the answer hooks see it (the metrics'
+    histogram); other routes are left alone."""
+    timing = request.get(TIMING)
+    if timing is None:
+        return
+    overhead_s = timing.overhead_s(time.perf_counter())
+    response.headers[OVERHEAD_HEADER] = f"{overhead_s * 1000:.3f}"
+    for hook in timing.hooks:
+        hook(timing.provider, timing.route, timing.answer, overhead_s)
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -138,7 +186,7 @@ class Metered:
     input_tokens_estimate: int
     streamed: bool
     started_at: float  # perf_counter() when the request arrived
-    # timing points (perf_counter) for the proxy's own overhead vs the upstream's time
+    # timing points (perf_counter); the proxy's own time is in `Timing`
     upstream_sent_at: float = 0.0
     upstream_headers_at: float = 0.0
     first_chunk_at: float = 0.0
@@ -153,15 +201,6 @@ class Metered:
     incremental: bool = False  # a stream whose hold is extended as it is relayed
     cut_by: str | None = None  # the policy that refused an extension: the stream was cut
     usage: Usage | None = None  # settled usage, once known before the settlement
-
-    @property
-    def overhead_s(self) -> float:
-        """Time spent in the proxy itself: before the upstream call and after its end."""
-        if not self.upstream_sent_at:
-            return 0.0
-        before = self.upstream_sent_at - self.started_at
-        after = max(0.0, self.finished_at - (self.upstream_done_at or self.finished_at))
-        return before + after
 
 
 # hooks the rest of the application attaches (metrics, events, alerts). They run after the
@@ -195,6 +234,7 @@ class Proxy:
         self.on_store_failure: list[StoreFailureHook] = []
         self.on_error_response: list[ErrorResponseHook] = []
         self.on_unmetered: list[UnmeteredHook] = []
+        self.on_answer: list[AnswerHook] = []
         self._unmetered_logged: set[tuple[str, str, str]] = set()
         self.identify_key: Callable[[str], Attribution | None] | None = None
 
@@ -214,6 +254,9 @@ class Proxy:
         if resolved is None:
             raise Refusal(404, "unknown_route", f"no provider route for {raw_path}")
         provider, rest = resolved
+        timing = request.get(TIMING)
+        if timing is not None:  # refusals from here on are the provider's
+            timing.provider = provider.name
         self.identify(request, provider.api)
         adapter = adapter_for(provider.api)
         needs_key = adapter.needs_key if provider.key_required is None else provider.key_required
@@ -303,14 +346,16 @@ class Proxy:
     # handler ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started_at = time.perf_counter()
+        timing = request[TIMING] = Timing(started_at, self.on_answer)
         try:
             provider, rest, route = self.resolve(request)
         except Refusal as refusal:
             return self.error(refusal.api, refusal.status, refusal.message, code=refusal.code,
                               headers=refusal.headers or None)
         if route.route_class is RouteClass.METERED and route.endpoint is not None:
+            timing.route = route.endpoint
             return await self.metered(request, provider, rest, route.endpoint, started_at)
-        return await self.pass_through(request, provider, rest)
+        return await self.pass_through(request, provider, rest, timing)
 
     def error(self, api: str, status: int, message: str, *, code: str | None = None,
               headers: dict[str, str] | None = None) -> web.Response:
@@ -334,7 +379,7 @@ class Proxy:
             raise too_large from None
 
     async def pass_through(
-        self, request: web.Request, provider: ProviderConfig, rest: str
+        self, request: web.Request, provider: ProviderConfig, rest: str, timing: Timing
     ) -> web.StreamResponse:
         """Forward a free (or allowed unmetered) request as is. Upstream transport errors are
         answered as in `forward`: 502 in the provider's format before the client got a byte,
@@ -343,12 +388,15 @@ class Proxy:
             body = await self.read_body(request, provider.api)
         except Refusal as refusal:
             return self.error(refusal.api, refusal.status, refusal.message, code=refusal.code)
+        timing.answer = "free"
+        timing.wait()
         try:
             upstream = await self.session.request(
                 request.method, self.upstream_url(provider, rest, request.rel_url.raw_query_string),
                 headers=self.upstream_headers(request, provider), data=body or None,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
+            timing.resume()
             message, code = _upstream_failure(provider.name, exc)
             return self.error(provider.api, 502, message, code=code)
         async with upstream:
@@ -357,14 +405,17 @@ class Proxy:
             try:
                 async for chunk in upstream.content.iter_any():
                     if not response.prepared:
+                        timing.resume()
                         await response.prepare(request)
                     await response.write(chunk)
+                timing.resume()
                 if not response.prepared:
                     await response.prepare(request)  # an empty body
                 await response.write_eof()
             except ConnectionResetError:
                 log.info("client went away during a pass-through answer")
             except (aiohttp.ClientError, TimeoutError) as exc:
+                timing.resume()
                 if not response.prepared:
                     message, code = _upstream_failure(provider.name, exc)
                     return self.error(provider.api, 502, message, code=code)
@@ -402,6 +453,7 @@ class Proxy:
         )
         headers = self.budget_headers(call.lines, call.result, call.notes)
         headers.update(call.headers)
+        request[TIMING].answer = "metered"
         return await self.forward(request, provider, rest, call.plan.upstream_body(call.raw),
                                   meta, headers, call.adapter, call.plan)
 
@@ -667,14 +719,16 @@ class Proxy:
         meta: Metered, budget_headers: dict[str, str], adapter: Adapter, plan: Plan,
     ) -> web.StreamResponse:
         tap = adapter.tap(plan)
+        timing = request[TIMING]
+        url = self.upstream_url(provider, rest, request.rel_url.raw_query_string)
+        upstream_headers = self.upstream_headers(request, provider)
         try:
-            meta.upstream_sent_at = time.perf_counter()
+            timing.wait()
+            meta.upstream_sent_at = timing.waiting_since
             try:
-                upstream = await self.session.post(
-                    self.upstream_url(provider, rest, request.rel_url.raw_query_string),
-                    headers=self.upstream_headers(request, provider), data=raw,
-                )
+                upstream = await self.session.post(url, headers=upstream_headers, data=raw)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                timing.resume()
                 meta.status = 502
                 message, code = _upstream_failure(provider.name, exc)
                 return self.error(meta.api, 502, message, code=code)
@@ -695,9 +749,11 @@ class Proxy:
                 try:
                     body = await upstream.read()
                 except (aiohttp.ClientError, TimeoutError) as exc:  # short, reset, bad encoding
+                    timing.resume()
                     meta.status = 502
                     message, code = _upstream_failure(provider.name, exc)
                     return self.error(meta.api, 502, message, code=code)
+                timing.resume()
                 meta.first_chunk_at = meta.upstream_done_at = time.perf_counter()
                 if upstream.status >= 400:
                     return web.Response(status=upstream.status, body=body, headers=headers)
@@ -965,11 +1021,13 @@ class Relay:
     async def run(self, headers: dict[str, str]) -> tuple[web.StreamResponse, bool]:
         """(response, whether the stream ran to its end, cut at its budget included)."""
         request, upstream, meta = self.request, self.upstream, self.meta
+        timing = request[TIMING]
         response = web.StreamResponse(status=upstream.status, headers=headers)
         cut = False
         try:
             async for chunk in upstream.content.iter_any():
                 if not meta.first_chunk_at:
+                    timing.resume()  # the upstream's time ends at its first chunk
                     meta.first_chunk_at = time.perf_counter()
                     await response.prepare(request)
                 out, cut = await self.units(self.parser.feed(chunk))
@@ -979,6 +1037,7 @@ class Relay:
                     upstream.close()  # stop the provider generating what nobody pays for
                     break
             meta.upstream_done_at = time.perf_counter()
+            timing.resume()
             if not response.prepared:
                 await response.prepare(request)  # an empty stream
             if not cut:
@@ -991,6 +1050,7 @@ class Relay:
             log.info("client went away mid-stream; settling from what was streamed")
             return response, False
         except (aiohttp.ClientError, TimeoutError) as exc:
+            timing.resume()
             if not response.prepared:  # nothing reached the client: an error, not a stream
                 meta.status, meta.outcome = 502, "error"
                 message, code = _upstream_failure(meta.provider, exc)

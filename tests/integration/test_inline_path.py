@@ -300,3 +300,59 @@ async def test_oversized_body_gets_413(proxy_factory, fake):
     assert resp.status_code == 413
     assert resp.json()["error"]["code"] == "request_too_large"
     assert fake.requests == []
+
+
+def overhead_ms(headers) -> float:
+    value = float(headers["X-Budget-Overhead-Ms"])
+    assert value >= 0
+    return value
+
+
+async def test_every_proxy_answer_tells_its_overhead_and_the_histogram_counts_it(proxy, fake):
+    """Metered (plain and streamed), free and refused answers carry X-Budget-Overhead-Ms;
+    /metrics counts each in budget_proxy_overhead_seconds under its `answer`; admin answers
+    carry no such header."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = oai(proxy)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+    overhead_ms(raw.headers)
+    async with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+            stream=True) as streamed:
+        overhead_ms(streamed.headers)
+        [line async for line in streamed.iter_lines()]
+    async with httpx.AsyncClient(timeout=10) as http:
+        free = await http.get(f"{proxy.url}/v1/models")
+        unmetered = await http.post(f"{proxy.url}/v1/batches", json={})
+        unknown = await http.post(f"{proxy.url}/nowhere/v1/chat/completions", json={})
+        admin = await http.get(f"{proxy.url}/api/health")
+    assert free.status_code == 200 and unmetered.status_code == 403
+    assert unknown.status_code == 404
+    for resp in (free, unmetered, unknown):
+        overhead_ms(resp.headers)
+    assert "X-Budget-Overhead-Ms" not in admin.headers
+    await add_policy(proxy, period="daily", type="hard_limit", cost_limit=0.0000001)
+    with pytest.raises(openai.RateLimitError) as err:
+        await oai(proxy, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+    overhead_ms(err.value.response.headers)
+
+    await proxy.api("GET", "/metrics")  # a new series is exposed at zero on its first scrape
+    metrics = (await proxy.api("GET", "/metrics")).text
+    counts: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "budget_proxy_overhead_seconds":
+            for s in family.samples:
+                if s.name.endswith("_count") and s.value:
+                    key = (s.labels["gen_ai_provider_name"], s.labels["route"],
+                           s.labels["answer"])
+                    counts[key] = s.value
+    assert counts == {
+        ("openai", "chat.completions", "metered"): 2,
+        ("openai", "other", "free"): 1,
+        ("openai", "other", "refused"): 1,  # batches: an unmetered route
+        ("other", "other", "refused"): 1,  # no such provider
+        ("openai", "chat.completions", "refused"): 1,  # the hard limit
+    }
