@@ -1320,7 +1320,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{meta['date']} · {'quick' if meta['quick'] else 'full'} run · generator "
         f"{meta['generator']} · {meta['cpus']} cores · Python {meta['python']} · "
-        f"aiohttp {meta['aiohttp']}",
+        f"aiohttp {meta['aiohttp']} · event loop "
+        f"{'uvloop ' + meta['uvloop'] if meta.get('uvloop') else 'asyncio'} (floor, proxy)",
         "",
         f"Load average before/after: {_loadavg(meta.get('loadavg_start'))} / "
         f"{_loadavg(meta.get('loadavg_end'))} (anything else running skews the numbers).",
@@ -1421,7 +1422,13 @@ def _versions() -> dict[str, str]:
     if wrk:
         done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
         wrk_version = (done.stdout or done.stderr).split("\n")[0].strip()
-    return {"aiohttp": aiohttp.__version__, "wrk": wrk_version}
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop_version = uvloop.__version__
+    except ImportError:  # floor.py and the proxy run on the default asyncio loop
+        uvloop_version = ""
+    return {"aiohttp": aiohttp.__version__, "wrk": wrk_version, "uvloop": uvloop_version}
 
 
 def run_benchmarks(
