@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from aiohttp import web
 
-from budget_proxy import dashboard, logs, tokens, ws
+from budget_proxy import dashboard, logs, ws
 from budget_proxy.alerts import Alerts
 from budget_proxy.allocations import Allocations
 from budget_proxy.api import PREFIX, admin_app, root_routes
@@ -67,10 +67,9 @@ def make_store(settings: Settings) -> Store:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    # tokenizer set-up holds the GIL for a while: finish it before serving traffic
-    await asyncio.to_thread(tokens.warm_up)
-    # The rank tables and catalogs are millions of long-lived objects: moved out of the
-    # collector's reach, a full collection no longer stalls the loop for ~200 ms.
+    # Rank tables load when a model first needs one (`tokens.load_for`), not here: an idle
+    # proxy holds none. The catalogs are many long-lived objects: moved out of the
+    # collector's reach, a full collection does not walk them again and again.
     gc.collect()
     gc.freeze()
     store = app[STORE]

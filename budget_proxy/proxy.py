@@ -554,6 +554,9 @@ class Proxy:
             await self.fit(call)
 
     async def reserve_call(self, call: Pending) -> None:
+        # the model's rank table, loaded off the loop when first needed: the counts of the
+        # stream's text and of the settlement then never load one on the loop
+        await tokens.load_for(call.plan.model)
         call.input_tokens = await call.adapter.count_input(call.plan, len(call.raw))
         call.cap_tokens = planning.output_cap(call.plan.max_output_tokens, call.plan.choices,
                                               call.price)
