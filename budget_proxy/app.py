@@ -7,9 +7,15 @@ background loops), so cleanup runs if and only if its startup did.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import multiprocessing
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from multiprocessing.connection import wait as wait_for_exit
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -285,3 +291,62 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
     log.info("start-up: event loop %s.%s", type(loop).__module__, type(loop).__name__)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
                 access_log=None, print=lambda msg: log.info("%s", msg.strip()), loop=loop)
+
+
+class WorkersRefused(ValueError):
+    """`--workers N` with a store that cannot be shared by several processes."""
+
+
+def serve(settings: Settings, workers: int = 1) -> int:
+    """Serve in this process, or in `workers` processes on one port (SO_REUSEPORT: the kernel
+    spreads connections over them). Several workers need the Redis store: it is their shared
+    state, so every limit stays exact across them as across replicas; the embedded store is
+    refused. Each worker keeps its own settlement journal (worker 0 in BUDGET_DATA_DIR, the
+    others in `worker-<i>/` under it): a journal is replayed only by the process that wrote
+    it, or by a later one with the same worker index. Returns the exit code: when a worker
+    exits, the others are stopped; SIGTERM and SIGINT stop them all."""
+    if workers <= 1:
+        run(settings)
+        return 0
+    if not settings.redis_url:
+        raise WorkersRefused(
+            f"--workers {workers} needs the Redis store (BUDGET_REDIS_URL): the embedded store "
+            "is one process's SQLite file, so limits would not hold across workers; run one "
+            "worker, or set BUDGET_REDIS_URL")
+    # spawned, not forked: each worker is a fresh interpreter with its own per-process state
+    # (the id tag of `models.new_id`, random seeds), so no two workers share an id
+    spawn = multiprocessing.get_context("spawn")
+    processes = [
+        spawn.Process(target=_worker, name=f"budget-proxy-worker-{i}",
+                     args=(settings.model_copy(update={"data_dir": _worker_dir(settings, i)}),))
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def stop_all(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: aiohttp shuts down gracefully
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    wait_for_exit([p.sentinel for p in processes])  # the first worker to exit ...
+    stop_all(signal.SIGTERM, None)  # ... stops the others
+    for process in processes:
+        process.join()
+    return max(abs(p.exitcode or 0) for p in processes)
+
+
+def _worker(settings: Settings) -> None:
+    """One worker: stopped (SIGTERM) if the parent dies, even by SIGKILL (Linux), then serves."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is not ours
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run(settings, reuse_port=True)
+
+
+def _worker_dir(settings: Settings, index: int) -> Path:
+    return settings.data_dir if index == 0 else settings.data_dir / f"worker-{index}"

@@ -57,14 +57,20 @@ def main(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None
     ctx.obj = {"api": api, "json": as_json}
 
 
+HELP_WORKERS = ("Processes serving the one port (SO_REUSEPORT), e.g. one per core; more than "
+                "one needs the Redis store (BUDGET_REDIS_URL).")
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (env BUDGET_HOST).")
 @click.option("--port", type=int, default=None, help="Port (env BUDGET_PORT, default 8013).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="TOML configuration file (env BUDGET_CONFIG).")
-def serve(host: str | None, port: int | None, config_path: Path | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help=HELP_WORKERS)
+def serve(host: str | None, port: int | None, config_path: Path | None, workers: int) -> None:
     """Run the proxy, admin API and metrics on one port."""
-    from budget_proxy.app import run
+    from budget_proxy.app import WorkersRefused, serve
     from budget_proxy.config import ConfigError, load_settings
     from budget_proxy.policy_files import PolicyFileError, load_paths, policy_dirs
 
@@ -73,9 +79,11 @@ def serve(host: str | None, port: int | None, config_path: Path | None) -> None:
         settings = load_settings(config_path, **overrides)
         settings.check_serving()
         load_paths(policy_dirs(settings.policies_dir))  # refuse to start on a bad policy file
-    except (ConfigError, PolicyFileError) as exc:
+        code = serve(settings, workers)
+    except (ConfigError, PolicyFileError, WorkersRefused) as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
-    run(settings)
+    if code:
+        raise SystemExit(code)
 
 
 @main.command()
