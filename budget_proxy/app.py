@@ -324,9 +324,12 @@ def serve(settings: Settings, workers: int = 1) -> int:
     for process in processes:
         process.start()
 
+    stopping: set[int] = set()
+
     def stop_all(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.is_alive():
+        for i, process in enumerate(processes):
+            if i not in stopping and process.is_alive():
+                stopping.add(i)  # once: a second SIGTERM would cut the graceful shutdown
                 process.terminate()  # SIGTERM: aiohttp shuts down gracefully
 
     signal.signal(signal.SIGTERM, stop_all)
