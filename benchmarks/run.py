@@ -580,6 +580,9 @@ class Scenario:
     fake_config: Callable[[bool], dict[str, Any]] = lambda quick: {}
     proxy_setup: ProxySetup | None = None
     targets: tuple[str, ...] = ("direct", "floor", "proxy")
+    proxy_workers: int = 1  # `serve --workers N` (the Redis store)
+    pinned: bool = True  # False: floor and proxy may use every core (worker scaling)
+    by_default: bool = True  # False: run only when named in --scenarios
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -1121,6 +1124,14 @@ if shutil.which("redis-server"):
                  "policies", measure_serial, proxy_setup=with_redis_and_five_policies),
         Scenario("throughput_redis", "32 concurrent clients, Redis store",
                  measure_throughput, proxy_setup=with_redis),
+        # worker scaling: nothing pinned, so 1 and 2 workers compete with the load generator
+        # and the fake for the same cores; compare the two rows with each other only
+        Scenario("throughput_redis_1_worker", "32 clients, Redis store, unpinned, 1 worker",
+                 measure_throughput, proxy_setup=with_redis, targets=("floor", "proxy"),
+                 pinned=False, by_default=False),
+        Scenario("throughput_redis_2_workers", "32 clients, Redis store, unpinned, "
+                 "serve --workers 2", measure_throughput, proxy_setup=with_redis,
+                 targets=("proxy",), proxy_workers=2, pinned=False, by_default=False),
     )
 else:
     _redis_scenarios = ()
@@ -1180,16 +1191,19 @@ def start_target(
             "--upstream",
             fake.url,
         ]
-        proc = spawn(f"{scenario.name}-floor", argv, {}, CORE_UNDER_TEST, url, log_dir)
+        core = CORE_UNDER_TEST if scenario.pinned else None
+        proc = spawn(f"{scenario.name}-floor", argv, {}, core, url, log_dir)
         ready_url = f"{url}/_fake/health"
     else:
         data_dir = Path(tempfile.mkdtemp(prefix="proxy-data-", dir=ctx.workdir))
         env = proxy.env(ctx, data_dir)
         if scenario.proxy_setup is not None:
             env.update(scenario.proxy_setup(ctx, data_dir))
-        proc = spawn(
-            f"{scenario.name}-{proxy.name}", proxy.command(port), env, CORE_UNDER_TEST, url, log_dir
-        )
+        argv = proxy.command(port)
+        if scenario.proxy_workers > 1:
+            argv += ["--workers", str(scenario.proxy_workers)]
+        core = CORE_UNDER_TEST if scenario.pinned else None
+        proc = spawn(f"{scenario.name}-{proxy.name}", argv, env, core, url, log_dir)
         ready_url = f"{url}{proxy.health_path}"
     try:
         wait_ready(proc, ready_url, proxy.startup_timeout_s if name != "floor" else 30)
@@ -1449,7 +1463,7 @@ def run_benchmarks(
     if "proxy" in wanted and not proxy_importable():
         wanted = [t for t in wanted if t != "proxy"]
         skipped["proxy"] = "budget_proxy.app does not import"
-    names = scenarios or list(SCENARIOS)
+    names = scenarios or [name for name, sc in SCENARIOS.items() if sc.by_default]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios: {unknown}; known: {list(SCENARIOS)}")
