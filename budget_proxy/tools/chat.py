@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from budget_proxy import tools
 from budget_proxy.api.common import Role
 from budget_proxy.appkeys import PROXY, SETTINGS
-from budget_proxy.schemas import AnalyzeRequest, RecommendModelRequest
+from budget_proxy.schemas import NO_LLM_NOTE, AnalyzeRequest, RecommendModelRequest
 
 COMPONENT = "budget-assistant"
 MAX_ROUNDS = 6  # model calls per chat message
@@ -303,7 +303,7 @@ class Narration(BaseModel):
         None, description="The model's reading of the figures (they are computed, not its).")
     narrative_stopped: Stop | None = Field(
         None, description="Why there is no narrative (budget_refused, model_error, ...).")
-    note: str
+    note: str = Field(description=f"How the answer was made. Without a model: {NO_LLM_NOTE}")
 
 
 async def narrate(app: tools.State, proxy_url: str, kind: str, figures: dict[str, Any],

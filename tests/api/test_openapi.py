@@ -49,7 +49,7 @@ async def test_schemas_come_from_the_handlers_models(api):
     assert create["security"] == [{"bearer": []}]
     assert {"401", "403", "422"} <= set(create["responses"])
     assert "No language model" in str(
-        doc["components"]["schemas"]["Analysis"]["properties"]["note"])
+        doc["components"]["schemas"]["NarratedAnalysis"]["properties"]["note"])
 
 
 async def test_swagger_ui_is_served_offline(api):
