@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from multiprocessing.connection import wait as wait_for_exit
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -45,7 +45,7 @@ from budget_proxy.edge import edge_middleware
 from budget_proxy.events import EventBus
 from budget_proxy.hermes import hermes_ctx
 from budget_proxy.ledger.service import drift_ctx, make_ledger
-from budget_proxy.loops import every, stop
+from budget_proxy.loops import every, stop, until_done
 from budget_proxy.mcp.server import mcp_ctx
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
@@ -151,26 +151,10 @@ async def _admin_ctx(app: web.Application) -> AsyncIterator[None]:
         log.error("budget store unavailable at start-up (%s): serving with fail mode %s; "
                   "default budget, policy files and keys are applied when it is back",
                   exc, settings.fail_mode)
-        tasks.append(asyncio.create_task(_retry_until_done(seed, "start-up store work"),
-                                         name="startup-seed"))
+        retry = until_done(POLICY_POLL_INTERVAL_S, seed, "start-up store work")
+        tasks.append(asyncio.create_task(retry, name="startup-seed"))
     yield
     await stop(tasks)
-
-
-async def _retry_until_done(action: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run `action` until it completes, once per `POLICY_POLL_INTERVAL_S` while it fails."""
-    while True:
-        await asyncio.sleep(POLICY_POLL_INTERVAL_S)
-        try:
-            await action()
-        except StoreError as exc:
-            log.debug("%s: store still unavailable: %s", what, exc)
-            continue
-        except Exception:
-            log.exception("%s failed; retrying", what)
-            continue
-        log.warning("%s done: the budget store is back", what)
-        return
 
 
 async def _loops_ctx(app: web.Application) -> AsyncIterator[None]:

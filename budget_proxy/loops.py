@@ -25,6 +25,24 @@ async def every(interval_s: float, action: Callable[[], Awaitable[object]], what
             log.exception("%s failed", what)
 
 
+async def until_done(interval_s: float, action: Callable[[], Awaitable[object]],
+                     what: str) -> None:
+    """Run `action` every `interval_s` until it completes once (start-up work that waits for
+    the store): an outage is logged at debug level, any other error with its traceback."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await action()
+        except StoreError as exc:
+            log.debug("%s: store still unavailable: %s", what, exc)
+            continue
+        except Exception:
+            log.exception("%s failed; retrying", what)
+            continue
+        log.warning("%s done: the budget store is back", what)
+        return
+
+
 async def stop(tasks: Iterable[asyncio.Task[object]]) -> None:
     """Cancel background tasks and wait until they are gone."""
     tasks = list(tasks)
