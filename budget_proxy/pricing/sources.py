@@ -108,30 +108,28 @@ def per_mtok(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.01")) if value.as_tuple().exponent > -2 else value  # type: ignore[operator]
 
 
-def from_per_token(value: Any) -> Decimal | None:
-    """USD per token (a JSON number or a decimal string) -> exact USD per million tokens.
-    Numbers go through their shortest repr, so 2.5e-06 becomes exactly 2.50."""
+def _amount(value: Any) -> Decimal | None:
+    """A JSON number or a decimal string as an exact, finite, non-negative `Decimal`, else
+    None. Floats go through their shortest repr, so 2.5e-06 is exactly 2.5e-06."""
     if value is None or isinstance(value, bool):
         return None
     try:
         number = Decimal(repr(float(value))) if isinstance(value, float) else Decimal(str(value))
     except (InvalidOperation, ValueError):
         return None
-    if not number.is_finite() or number < 0:
-        return None
-    return per_mtok(number * _MTOK)
+    return number if number.is_finite() and number >= 0 else None
+
+
+def from_per_token(value: Any) -> Decimal | None:
+    """USD per token -> exact USD per million tokens (2.5e-06 becomes exactly 2.50)."""
+    number = _amount(value)
+    return None if number is None else per_mtok(number * _MTOK)
 
 
 def from_usd(value: Any) -> Decimal | None:
-    """USD per unit (a JSON number or a decimal string) -> exact USD, or None when it is not
-    a finite non-negative number. Numbers go through their shortest repr (0.04 is 0.04)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = Decimal(repr(float(value))) if isinstance(value, float) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    if not number.is_finite() or number < 0:
+    """USD per unit -> exact USD, or None when it is not a price (0.04 is 0.04)."""
+    number = _amount(value)
+    if number is None:
         return None
     try:
         return number.quantize(_UNIT_QUANTUM).normalize()
@@ -140,15 +138,8 @@ def from_usd(value: Any) -> Decimal | None:
 
 
 def from_per_mtok(value: Any) -> Decimal | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    if not number.is_finite() or number < 0:
-        return None
-    return per_mtok(number)
+    number = _amount(value)
+    return None if number is None else per_mtok(number)
 
 
 def _nonzero(value: Decimal | None) -> Decimal | None:
