@@ -49,6 +49,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
 
@@ -411,7 +412,12 @@ def _chat_content(tally: _Tally, content: Any) -> None:
             tally.text(part)
 
 
-def _chat_completions(tally: _Tally, body: dict[str, Any]) -> None:
+FieldCounter = Callable[[_Tally, Any], None]
+
+
+def _message_list(tally: _Tally, body: dict[str, Any], fields: dict[str, FieldCounter]) -> None:
+    """Chat-style `messages`: a per-message overhead, each field counted by its own counter
+    (plain text otherwise), the reply priming, then the tools. Not a list: counted as JSON."""
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -420,20 +426,26 @@ def _chat_completions(tally: _Tally, body: dict[str, Any]) -> None:
                 tally.json(message)
                 continue
             for key, value in message.items():
-                if key == "content":
-                    _chat_content(tally, value)
-                elif key == "tool_calls":
-                    _chat_tool_calls(tally, value)
-                elif key == "function_call":
-                    _function_call(tally, value)
-                else:
-                    tally.text(value)
-                if key == "name" and value is not None:
-                    tally.fixed(TOKENS_PER_NAME)
+                fields.get(key, _Tally.text)(tally, value)
         tally.fixed(REPLY_PRIMING_TOKENS)
     else:
         tally.json(messages)
     _tools(tally, body)
+
+
+def _chat_name(tally: _Tally, name: Any) -> None:
+    tally.text(name)
+    if name is not None:
+        tally.fixed(TOKENS_PER_NAME)
+
+
+_CHAT_FIELDS: dict[str, FieldCounter] = {
+    "content": _chat_content, "tool_calls": _chat_tool_calls, "function_call": _function_call,
+    "name": _chat_name}
+
+
+def _chat_completions(tally: _Tally, body: dict[str, Any]) -> None:
+    _message_list(tally, body, _CHAT_FIELDS)
 
 
 def _response_content(tally: _Tally, content: Any) -> None:
@@ -613,26 +625,12 @@ def _ollama_images(tally: _Tally, images: Any) -> None:
         tally.json(images)
 
 
+_OLLAMA_FIELDS: dict[str, FieldCounter] = {"images": _ollama_images, "tool_calls": _Tally.json}
+
+
 def _ollama_chat(tally: _Tally, body: dict[str, Any]) -> None:
     """Ollama's `api/chat`: messages of `{role, content, images, tool_calls}`."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            tally.fixed(TOKENS_PER_MESSAGE)
-            if not isinstance(message, dict):
-                tally.json(message)
-                continue
-            for key, value in message.items():
-                if key == "images":
-                    _ollama_images(tally, value)
-                elif key == "tool_calls":
-                    tally.json(value)
-                else:
-                    tally.text(value)
-        tally.fixed(REPLY_PRIMING_TOKENS)
-    else:
-        tally.json(messages)
-    _tools(tally, body)
+    _message_list(tally, body, _OLLAMA_FIELDS)
 
 
 def _ollama_generate(tally: _Tally, body: dict[str, Any]) -> None:
