@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from budget_proxy.appkeys import PROXY, STORE
 from budget_proxy.config import Settings
 from budget_proxy.testing.fake_provider import FakeProvider
 
+SHUTDOWN_DEADLINE_S = 60.0  # a proxy's graceful shutdown; only a hung one reaches it
 PROXY_OPENAI_KEY = "sk-proxy-held-openai"
 PROXY_ANTHROPIC_KEY = "sk-ant-proxy-held"
 
@@ -88,7 +90,9 @@ async def proxy_factory(fake: FakeProvider, tmp_path: Path):
 
     yield start
     for server in servers:
-        await server.close()
+        # a shutdown that never ends fails the test that left it, instead of hanging the run
+        async with asyncio.timeout(SHUTDOWN_DEADLINE_S):
+            await server.close()
 
 
 @pytest.fixture
