@@ -9,7 +9,7 @@ these functions only read totals it returned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -49,19 +49,24 @@ class Windows:
     allocation: BudgetAllocation | None = None
 
 
+LinesOf = Callable[[Sequence[BudgetPolicy], RequestScope, datetime, ZoneInfo],
+                   list[CounterLine]]
+
+
 def windows(policies: Sequence[BudgetPolicy], scope: RequestScope, now: datetime,
             tz: ZoneInfo, alloc: BudgetAllocation | None, *,
-            component_named: bool) -> Windows:
+            component_named: bool, lines_of: LinesOf = counter_lines) -> Windows:
     """Matching policy windows; when the call draws on `alloc` (inside its tier, provider
     and model), the allocation's enforced line in their place. A call that names no
-    component does the allocation's work and is charged to the allocation's component."""
-    lines = counter_lines(policies, scope, now, tz)
+    component does the allocation's work and is charged to the allocation's component.
+    `lines_of` is `counter_lines` or a `LineCache`'s memoised equivalent (the proxy's)."""
+    lines = lines_of(policies, scope, now, tz)
     if alloc is None or not covers(alloc, scope):
         return Windows(lines, scope.component)
     component = scope.component
     if component != alloc.component and not component_named:
         component = alloc.component
-        lines = counter_lines(policies, _with_component(scope, component), now, tz)
+        lines = lines_of(policies, _with_component(scope, component), now, tz)
     return Windows(drawn_lines(alloc, lines), component, alloc)
 
 

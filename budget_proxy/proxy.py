@@ -27,6 +27,7 @@ from budget_proxy import allocations, planning, routing, tokens
 from budget_proxy.config import ProviderConfig, Settings
 from budget_proxy.enforcement import (
     CounterLine,
+    LineCache,
     RequestScope,
     ReserveResult,
     Totals,
@@ -228,6 +229,7 @@ class Proxy:
         self.session = session
         self.providers: dict[str, ProviderConfig] = settings.all_providers()
         self.tz = ZoneInfo(settings.timezone)
+        self.lines = LineCache()  # the counter lines of each scope, until a window resets
         self.background: set[asyncio.Task[Any]] = set()
         self.on_finish: list[FinishHook] = []
         self.on_refuse: list[RefuseHook] = []
@@ -518,7 +520,8 @@ class Proxy:
         component_named = (_virtual_key(request.headers) is not None
                            or "X-Budget-Component" in request.headers)
         found = planning.windows(self.policies.policies, scope, self.store.now(), self.tz,
-                                 alloc, component_named=component_named)
+                                 alloc, component_named=component_named,
+                                 lines_of=self.lines.lines)
         call.lines = found.lines
         if found.allocation is not None:
             call.who = replace(who, allocation_id=found.allocation.allocation_id,

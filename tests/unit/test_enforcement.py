@@ -282,3 +282,84 @@ def test_matching_spend_counts_only_the_current_window_and_scope():
     assert (found.spent_nusd, found.spent_tokens, found.requests) == (1200, 30, 3)
     assert matching_spend(policy(period=Period.PER_SESSION), SEEDED, now, UTC_Z) == (
         None, Totals())
+
+
+# the memoised lines ------------------------------------------------------------------------
+def _cache_policies() -> tuple[BudgetPolicy, ...]:
+    """Every period, a scoped one that does not match, and top-ups live and expired."""
+    from budget_proxy.models import TopUp
+
+    topups = [TopUp(cost=2.0, expires_at=datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+              TopUp(cost=1.0, expires_at=datetime(2026, 3, 28, 23, 59, tzinfo=UTC))]
+    return (
+        policy(policy_id="min", period=Period.MINUTELY, component="search"),
+        policy(policy_id="day", period=Period.DAILY, topups=topups),
+        policy(policy_id="hour", period=Period.HOURLY, token_limit=500, component="search"),
+        policy(policy_id="week", period=Period.WEEKLY),
+        policy(policy_id="month", period=Period.MONTHLY, request_limit=10),
+        policy(policy_id="sess", period=Period.PER_SESSION),
+        policy(policy_id="other", period=Period.DAILY, component="search"),
+    )
+
+
+def test_the_line_cache_gives_what_counter_lines_gives_at_every_moment() -> None:
+    """Across a DST change in Berlin, top-ups expiring and the clock stepping back."""
+    from datetime import timedelta
+
+    from budget_proxy.enforcement import LineCache
+
+    policies, tz = _cache_policies(), ZoneInfo("Europe/Berlin")
+    cache = LineCache()
+    start = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)
+    moments = [start + timedelta(seconds=97 * i) for i in range(200)]
+    moments += [start + timedelta(hours=3), start, start - timedelta(days=40),
+                start + timedelta(days=3, seconds=1)]
+    for now in moments:
+        for scope in (SCOPE, RequestScope("openai", "gpt-4o", "search", session="s2")):
+            assert cache.lines(policies, scope, now, tz) == counter_lines(
+                policies, scope, now, tz), now
+
+
+def test_the_line_cache_reuses_lines_until_a_window_resets() -> None:
+    from datetime import timedelta
+
+    from budget_proxy.enforcement import LineCache
+
+    policies = (policy(policy_id="hour", period=Period.HOURLY),)
+    cache = LineCache()
+    first = cache.lines(policies, SCOPE, NOW, UTC_Z)
+    assert cache.lines(policies, SCOPE, NOW + timedelta(minutes=59), UTC_Z) == first
+    assert cache.lines(policies, SCOPE, NOW + timedelta(minutes=60), UTC_Z) != first
+    assert len(cache) == 1
+
+
+def test_a_new_policy_set_empties_the_line_cache() -> None:
+    from budget_proxy.enforcement import LineCache
+
+    cache = LineCache()
+    cache.lines((policy(policy_id="a"),), SCOPE, NOW, UTC_Z)
+    lines = cache.lines((policy(policy_id="b"),), SCOPE, NOW, UTC_Z)
+    assert [line.policy_id for line in lines] == ["b"]
+    assert len(cache) == 1
+
+
+def test_the_line_cache_is_bounded_against_caller_chosen_sessions() -> None:
+    from dataclasses import replace
+
+    from budget_proxy.enforcement import LineCache
+
+    policies = (policy(policy_id="sess", period=Period.PER_SESSION),)
+    cache = LineCache(max_entries=8)
+    for i in range(100):
+        lines = cache.lines(policies, replace(SCOPE, session=f"s{i}"), NOW, UTC_Z)
+        assert lines[0].key == f"sess:s:s{i}"
+    assert len(cache) == 8
+
+
+def test_the_line_cache_hands_out_its_own_list() -> None:
+    from budget_proxy.enforcement import LineCache
+
+    cache = LineCache()
+    policies = (policy(policy_id="a"),)
+    cache.lines(policies, SCOPE, NOW, UTC_Z).clear()
+    assert len(cache.lines(policies, SCOPE, NOW, UTC_Z)) == 1
