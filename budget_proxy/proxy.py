@@ -50,7 +50,7 @@ from budget_proxy.store.base import (
     record_id_of,
 )
 from budget_proxy.store.journal import SettlementJournaled
-from budget_proxy.usage import NO_UNITS, Usage, cost_of
+from budget_proxy.usage import NO_UNITS, Cost, Usage, cost_of
 from budget_proxy.wire import SSEParser, StreamParser, UsageTap
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,14 @@ class Metered:
     incremental: bool = False  # a stream whose hold is extended as it is relayed
     cut_by: str | None = None  # the policy that refused an extension: the stream was cut
     usage: Usage | None = None  # settled usage, once known before the settlement
+    priced: tuple[Usage, Cost] | None = None  # the last usage `cost_of` priced, and its cost
+
+    def cost_of(self, usage: Usage) -> Cost:
+        """The cost of `usage` at the call's price; priced once though the answer's
+        `X-Budget-Cost`, a cut stream's events and the settlement all ask."""
+        if self.priced is None or self.priced[0] is not usage:
+            self.priced = (usage, cost_of(usage, self.price))
+        return self.priced[1]
 
 
 # hooks the rest of the application attaches (metrics, events, alerts). They run after the
@@ -501,8 +509,8 @@ class Proxy:
             raise self.store_down(api, StoreError("policies not loaded yet"))
         who = call.who
         caller = request.get(CALLER)  # a key budget (policy `key_id`) matches only its key
-        scope = replace(self.scope(call.provider.name, call.plan.model, call.price, who),
-                        key_id=caller.key_id if caller is not None else None)
+        scope = self.scope(call.provider.name, call.plan.model, call.price, who,
+                           key_id=caller.key_id if caller is not None else None)
         alloc = None
         if who.allocation_id or who.context_id:
             try:
@@ -652,11 +660,10 @@ class Proxy:
             notes.append("budget store unavailable: forwarded without a budget check")
             return ReserveResult(True, tuple(Totals() for _ in lines))
 
-    def scope(self, provider: str, model: str, price: ModelPrice, who: Attribution) -> RequestScope:
-        return RequestScope(
-            provider=provider, model=model, component=who.component, tier=price.tier,
-            task_type=who.task_type, session=who.session, task=who.task,
-        )
+    def scope(self, provider: str, model: str, price: ModelPrice, who: Attribution,
+              key_id: str | None = None) -> RequestScope:
+        return RequestScope(provider, model, who.component, price.tier, who.task_type,
+                            who.session, who.task, key_id)
 
     def budget_headers(
         self, lines: list[CounterLine], result: ReserveResult, notes: list[str]
@@ -771,7 +778,7 @@ class Proxy:
                                 "count: %s: %s", provider.name, type(exc).__name__, exc)
                 # the usage is known: the cost is told before the answer is sent
                 meta.usage = await self.final_usage(meta, tap)
-                headers["X-Budget-Cost"] = _usd(cost_of(meta.usage, meta.price).total_nusd)
+                headers["X-Budget-Cost"] = _usd(meta.cost_of(meta.usage).total_nusd)
                 response = web.Response(status=upstream.status, body=body, headers=headers)
                 await response.prepare(request)
                 await response.write_eof()
@@ -855,7 +862,7 @@ class Proxy:
                 finish(meta, None)
             return
         usage = meta.usage or await self.final_usage(meta, tap)
-        cost = cost_of(usage, meta.price)
+        cost = meta.cost_of(usage)
         who = meta.attribution
         metadata = planning.record_metadata(usage)
         if meta.cut_by is not None:
@@ -1010,7 +1017,7 @@ class Relay:
     def cost_usd(self) -> float:
         meta = self.meta
         meta.usage = self.proxy.stream_usage(meta, self.tap, self.relayed_tokens)
-        return nusd_to_usd(cost_of(meta.usage, meta.price).total_nusd)
+        return nusd_to_usd(meta.cost_of(meta.usage).total_nusd)
 
     def cut(self, policy_id: str) -> bytes:
         meta = self.meta
