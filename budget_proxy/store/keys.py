@@ -20,6 +20,7 @@ since the epoch of Redis `TIME` (the one clock) unless a name says `_s`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 
@@ -28,7 +29,9 @@ from budget_proxy.store.base import safe_text
 PREFIX = "bp"
 
 # --- counter groups: tag {c:<group>} ------------------------------------------------------
-# hash, fields sn/rn (spent/reserved nano-USD) and st/rt (spent/reserved tokens)
+# hash, fields sn/rn (spent/reserved nano-USD), st/rt (spent/reserved tokens), q (calls) and
+# x (the window end reserve.lua last set as its expiry, ms since epoch: set again only when
+# it changes)
 COUNTER = PREFIX + ":{{c:{group}}}:ctr:{key}"
 # hash of one request's hold on one group: c (nano-USD), t (tokens), k (JSON list of the
 # counter hashes held), d (deadline, ms), i (request holds only: the intent, the JSON of the
@@ -95,6 +98,11 @@ RECORD_RETENTION_DAYS = 30
 MULTI_SEGMENT_GROUPS = frozenset({"alloc"})
 
 
+# counter keys of the current windows recur on every call: their names are worked out once
+NAME_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
 def counter_group(counter_key: str) -> str:
     """The group (hash tag content) of a counter key: its policy id, or `alloc:<id>`.
 
@@ -109,6 +117,7 @@ def counter_group(counter_key: str) -> str:
     return group
 
 
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
 def counter(counter_key: str, group: str | None = None) -> str:
     return COUNTER.format(group=group or counter_group(counter_key), key=safe_text(counter_key))
 
