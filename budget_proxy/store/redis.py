@@ -328,17 +328,18 @@ class RedisStore(Store):
         held: list[tuple[str, list[int]]] = []
         for group, indexes in groups:
             script_keys = [K.reservation(group, rid), K.deadlines(group)]
-            args: list[Any] = list(common)
+            per_line: list[int] = []
             for i in indexes:
                 line = lines[i]
                 script_keys.append(K.counter(line.key))
-                args += [
+                per_line += (
                     -1 if line.limit_nusd is None else line.limit_nusd,
                     -1 if line.limit_tokens is None else line.limit_tokens,
                     -1 if line.limit_requests is None else line.limit_requests,
                     1 if line.enforce else 0,
                     _expire_at_ms(line),
-                ]
+                )
+            args = [*common, orjson.dumps(per_line)]
             try:
                 reply = await self._script("reserve", script_keys, args)
             except StoreError:
@@ -348,8 +349,8 @@ class RedisStore(Store):
                 self._spawn(self._release_later(reservation))
                 raise
             ok, refused = int(reply[0]), int(reply[1])
-            for j, i in enumerate(indexes):
-                totals[i] = Totals(*(int(x) for x in reply[2 + 5 * j: 7 + 5 * j]))
+            for i, counted in zip(indexes, _totals(reply), strict=True):
+                totals[i] = counted
             if not ok:
                 await self._compensate(reservation, held)
                 for _, held_indexes in held:  # report totals without the hold just dropped
@@ -382,8 +383,8 @@ class RedisStore(Store):
         for group, indexes in self._groups([line.key for line in lines]):
             reply = await self._extend_group(rid, group, [lines[i] for i in indexes],
                                              cost_nusd, tokens, enforce=True)
-            for j, i in enumerate(indexes):
-                totals[i] = Totals(*(int(x) for x in reply[2 + 5 * j: 7 + 5 * j]))
+            for i, counted in zip(indexes, _totals(reply), strict=True):
+                totals[i] = counted
             if not int(reply[0]):
                 for undo_group, undo_indexes in grown:
                     with contextlib.suppress(StoreError):  # the hold's settlement frees it
@@ -855,6 +856,12 @@ async def _quietly(callback: Callable[[], Awaitable[object]]) -> None:
         await callback()
     except StoreError as exc:
         log.warning("config refresh after a change notice failed: %s", exc)
+
+
+def _totals(reply: Sequence[Any]) -> list[Totals]:
+    """The counters' totals in a reserve or extend reply: five integers each, after two."""
+    return [Totals(int(reply[j]), int(reply[j + 1]), int(reply[j + 2]), int(reply[j + 3]),
+                   int(reply[j + 4])) for j in range(2, len(reply), 5)]
 
 
 def _expire_at_ms(line: CounterLine) -> int:

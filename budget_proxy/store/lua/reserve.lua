@@ -14,9 +14,10 @@
 -- ARGV[5]    idle TTL of counters that have no window end, ms
 -- ARGV[6]    intent JSON ('' for a hold without one: released, not charged, at its deadline)
 -- ARGV[7]    calls this hold counts (1 for a request, 0 for an allocation's hold)
--- ARGV[8..]  five per counter, in KEYS order: limit nano-USD (-1: none), limit tokens
---            (-1: none), limit calls (-1: none), enforce (1 | 0), counter expiry (ms since
---            epoch; 0: idle TTL)
+-- ARGV[8]    JSON array, five numbers per counter in KEYS order: limit nano-USD (-1: none),
+--            limit tokens (-1: none), limit calls (-1: none), enforce (1 | 0), counter expiry
+--            (ms since epoch; 0: idle TTL). One argument rather than five per counter: each
+--            argument costs the client more than decoding costs here.
 -- Returns    {ok (1 | 0), refused counter (0-based, -1 when ok), then sn, rn, st, rt, q of
 --            each counter, including this hold when ok}
 -- The rule is enforcement.would_refuse: spent + reserved + this request <= limit on every
@@ -27,11 +28,14 @@ local n = #KEYS - 2
 local cost = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local calls = tonumber(ARGV[7])
-local totals = {}
+local per_line = cjson.decode(ARGV[8])
+local totals, expiries = {}, {}
 for i = 1, n do
-  local v = redis.call('HMGET', KEYS[2 + i], 'sn', 'rn', 'st', 'rt', 'q')
+  -- x: the expiry this script last set on the counter (absent on a counter it never set)
+  local v = redis.call('HMGET', KEYS[2 + i], 'sn', 'rn', 'st', 'rt', 'q', 'x')
   totals[i] = {tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0,
                tonumber(v[5]) or 0}
+  expiries[i] = v[6]
 end
 
 local function reply(ok, refused)
@@ -47,11 +51,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 
 for i = 1, n do
-  local base = 7 + 5 * (i - 1)
-  if ARGV[base + 4] == '1' then
-    local limit_nusd = tonumber(ARGV[base + 1])
-    local limit_tokens = tonumber(ARGV[base + 2])
-    local limit_calls = tonumber(ARGV[base + 3])
+  local base = 5 * (i - 1)
+  if per_line[base + 4] == 1 then
+    local limit_nusd = per_line[base + 1]
+    local limit_tokens = per_line[base + 2]
+    local limit_calls = per_line[base + 3]
     local t = totals[i]
     if (limit_nusd >= 0 and t[1] + t[2] + cost > limit_nusd)
       or (limit_tokens >= 0 and t[3] + t[4] + tokens > limit_tokens)
@@ -69,11 +73,13 @@ for i = 1, n do
   redis.call('HINCRBY', key, 'rn', ARGV[2])
   redis.call('HINCRBY', key, 'rt', ARGV[3])
   if calls > 0 then redis.call('HINCRBY', key, 'q', ARGV[7]) end
-  local expire_at = ARGV[7 + 5 * (i - 1) + 5]
-  if expire_at ~= '0' then
-    redis.call('PEXPIREAT', key, expire_at)
-  else
+  -- a window's end is set once per counter (x remembers it); an idle TTL moves every time
+  local expire_at = string.format('%d', per_line[5 * i])
+  if expire_at == '0' then
     redis.call('PEXPIRE', key, ARGV[5])
+  elseif expiries[i] ~= expire_at then
+    redis.call('PEXPIREAT', key, expire_at)
+    redis.call('HSET', key, 'x', expire_at)
   end
   totals[i][2] = totals[i][2] + cost
   totals[i][4] = totals[i][4] + tokens
