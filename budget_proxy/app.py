@@ -46,7 +46,7 @@ from budget_proxy.events import EventBus
 from budget_proxy.hermes import hermes_ctx
 from budget_proxy.ledger.service import drift_ctx, make_ledger
 from budget_proxy.loops import every, stop, until_done
-from budget_proxy.mcp.server import mcp_ctx
+from budget_proxy.mcp.endpoint import mcp_ctx
 from budget_proxy.metrics import Metrics
 from budget_proxy.policy_cache import PolicyCache
 from budget_proxy.policy_files import apply_at_startup, load_paths, policy_dirs
@@ -229,7 +229,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                             _observe_ctx])
     app.cleanup_ctx.append(prices_ctx)  # price book refresh, update schedule
     app.cleanup_ctx.append(hermes_ctx)  # optional service registry (HERMES_URL)
-    app.cleanup_ctx.append(mcp_ctx)  # MCP at /api/mcp: the SDK's session manager
+    app.cleanup_ctx.append(mcp_ctx)  # MCP at /api/mcp: the SDK loads on its first request
     app.cleanup_ctx.append(drift_ctx)  # with a ledger: counters compared with it, alerts
     app.add_subapp(PREFIX, admin_app())  # `/api/...`: its own error, access middlewares
     app.router.add_routes(root_routes())

@@ -21,7 +21,7 @@ from budget_proxy.api import (
     usage,
 )
 from budget_proxy.api.common import auth_middleware, error_middleware, read_your_writes
-from budget_proxy.mcp import server as mcp
+from budget_proxy.mcp import endpoint as mcp
 
 PREFIX = "/api"
 

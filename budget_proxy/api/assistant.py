@@ -391,7 +391,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     calls metered as component budget-assistant), deterministically otherwise. With
     `stream`, SSE events `status`, `tool_call`, `chunk`, `done`; the tools that change
     budgets are offered to the admin token only."""
-    from budget_proxy.mcp.server import caller_role
+    from budget_proxy.mcp.endpoint import caller_role
     from budget_proxy.tools.chat import converse
 
     req = await read_model(request, ChatRequest)

@@ -30,7 +30,7 @@ from budget_proxy.cli.policies import policies
 from budget_proxy.cli.prices import calc_cost, prices, recommend
 from budget_proxy.client import DEFAULT_URL
 from budget_proxy.ledger.cli import ledger_group
-from budget_proxy.mcp.stdio import mcp_command
+from budget_proxy.mcp.command import mcp_command
 
 HELP_URL = "Base URL of the running proxy (env BUDGET_URL)."
 HELP_TOKEN = "Admin (or viewer) token (env BUDGET_ADMIN_TOKEN)."

@@ -1,4 +1,5 @@
-"""The budget tools as an MCP server (official `mcp` SDK), served at `/api/mcp`.
+"""The budget tools as an MCP server (official `mcp` SDK), served at `/api/mcp`
+(`budget_proxy.mcp.endpoint` imports this module on the first MCP request).
 
 Streamable HTTP, stateless: every POST is a complete exchange (no session kept on this
 replica), so any replica behind a load balancer can answer it, and each request is judged by
@@ -13,10 +14,8 @@ one of them, is refused by the SDK (421 / 403) before any tool runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -28,32 +27,15 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
 from budget_proxy import __version__, tools
-from budget_proxy.api.common import Role, api_error, presented_token, token_role
-from budget_proxy.api.openapi import api_route
-from budget_proxy.appkeys import SETTINGS
+from budget_proxy.api.common import Role
 from budget_proxy.config import Settings, is_loopback
-from budget_proxy.mcp import INSTRUCTIONS, PATH, tool_error
-from budget_proxy.mcp.asgi import serve_asgi
+from budget_proxy.mcp import INSTRUCTIONS, ROLE_KEY, tool_error
 from budget_proxy.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
-ROLE_KEY = "budget_proxy.role"  # ASGI scope key: the caller's role, set per request
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
-MANAGER = web.AppKey("mcp_manager", StreamableHTTPSessionManager)
-
-
-def caller_role(request: web.Request) -> Role:
-    """The role the admin API gives this request: with no admin token configured every
-    caller administers (the API is open); otherwise the token presented decides, and a caller
-    with no token reads when no viewer token is set (the access middleware refused it
-    otherwise)."""
-    settings = request.config_dict[SETTINGS]
-    if settings.admin_token is None:
-        return "admin"
-    role = token_role(presented_token(request), settings)
-    return "viewer" if role == "none" else role
 
 
 def tool_list(role: Role) -> list[types.Tool]:
@@ -128,47 +110,8 @@ def security_settings(settings: Settings) -> TransportSecuritySettings:
     )
 
 
-async def mcp_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The SDK's session manager, run by a task of its own (its task group must be entered
-    and left by one task, whoever starts and stops the application)."""
-    manager = StreamableHTTPSessionManager(
-        build_server(app), stateless=True, security_settings=security_settings(app[SETTINGS]))
-    app[MANAGER] = manager
-    started, stopping = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        async with manager.run():
-            started.set()
-            await stopping.wait()
-
-    task = asyncio.create_task(hold(), name="mcp-session-manager")
-    waiter = asyncio.create_task(started.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        task.result()  # raises why it could not start
-    yield
-    stopping.set()
-    await task
-
-
-async def handle(request: web.Request) -> web.StreamResponse:
-    """MCP over streamable HTTP (JSON-RPC in a POST; answers as JSON or an SSE stream)."""
-    if request.method == "GET":  # stateless: nothing to push, so no standing stream (spec: 405)
-        return api_error(405, "method_not_allowed", "this MCP endpoint keeps no sessions and "
-                         "offers no server stream: POST JSON-RPC messages",
-                         headers={"Allow": "POST, DELETE"})
-    manager = request.config_dict[MANAGER]
-    return await serve_asgi(manager.handle_request, request,
-                            {ROLE_KEY: caller_role(request)})
-
-
-def routes() -> list[web.RouteDef]:
-    doc = {"tag": "mcp", "access": "read", "media_type": "text/event-stream",
-           "description": "Model Context Protocol, streamable HTTP transport (stateless). "
-           "Tools that change budgets need the admin token."}
-    return [
-        api_route("POST", PATH, handle, summary="MCP: a JSON-RPC message", **doc),
-        api_route("GET", PATH, handle, summary="MCP server stream (none: 405)", **doc),
-        api_route("DELETE", PATH, handle, summary="MCP: end a session (none are kept)", **doc),
-    ]
+def session_manager(app: web.Application,
+                    security: TransportSecuritySettings) -> StreamableHTTPSessionManager:
+    """The SDK's session manager over `app`'s tools (run it with `run()`, in one task)."""
+    return StreamableHTTPSessionManager(build_server(app), stateless=True,
+                                        security_settings=security)

@@ -1,4 +1,5 @@
-"""`budget mcp`: the budget tools over MCP stdio, for desktop agents that launch a command.
+"""`budget mcp`: the budget tools over MCP stdio, for desktop agents that launch a command
+(the command's options are in `budget_proxy.mcp.command`, which imports this module when run).
 
 The command relays to the running proxy's `/api/mcp` (`--url` / `BUDGET_URL`, with
 `--token` / `BUDGET_ADMIN_TOKEN`): the tools, their figures and the access rules are the
@@ -13,13 +14,10 @@ simply reached again. stdout carries the protocol only; diagnostics go to stderr
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
-import click
 import httpx2
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
@@ -30,13 +28,7 @@ from mcp.server.stdio import stdio_server
 from budget_proxy import __version__
 from budget_proxy.mcp import INSTRUCTIONS, PATH, tool_error
 
-DEFAULT_URL = "http://localhost:8013"
 CALL_TIMEOUT_S = 60.0
-HELP = ("Serve the budget tools over MCP stdio (for desktop agents), relayed to the running "
-        "proxy's /api/mcp.")
-HELP_URL = "Base URL of the running proxy (env BUDGET_URL)."
-HELP_TOKEN = "Admin token for tools that change budgets; a viewer token reads only " \
-    "(env BUDGET_ADMIN_TOKEN)."
 
 
 @asynccontextmanager
@@ -80,15 +72,3 @@ async def serve(url: str, token: str | None) -> None:
     server = relay_server(url, token)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
-
-
-@click.command("mcp", help=HELP)
-@click.option("--url", default=None, help=HELP_URL)
-@click.option("--token", default=None, help=HELP_TOKEN)
-@click.pass_context
-def mcp_command(ctx: click.Context, url: str | None, token: str | None) -> None:
-    """Options given here win; then the `budget --url/--token` ones; then the environment."""
-    root = ctx.find_root().params
-    url = url or root.get("url") or os.environ.get("BUDGET_URL") or DEFAULT_URL
-    token = token or root.get("token") or os.environ.get("BUDGET_ADMIN_TOKEN") or None
-    anyio.run(serve, url, token)

@@ -15,6 +15,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from budget_proxy.mcp import endpoint
 from tests.api.conftest import ADMIN_TOKEN, VIEWER_TOKEN
 
 READS = {"budget_status", "check_budget", "get_usage", "calc_cost", "recommend_model",
@@ -195,3 +196,62 @@ async def test_get_offers_no_server_stream_and_bad_posts_are_4xx(proxy):
             resp = await client.post(f"{proxy.url}/api/mcp", content=body, headers={
                 "Accept": "application/json, text/event-stream", **headers})
             assert 400 <= resp.status_code < 500, (body[:40], resp.status_code, resp.text)
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "t", "version": "1"}}}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def manager_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "mcp-session-manager"]
+
+
+async def test_concurrent_first_requests_start_the_session_manager_once(proxy, monkeypatch):
+    real, loads = endpoint.load_sdk, []
+
+    def counted(settings):
+        loads.append(settings)
+        return real(settings)
+
+    monkeypatch.setattr(endpoint, "load_sdk", counted)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+        answers = await asyncio.gather(*(
+            client.post(f"{proxy.url}/api/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+            for _ in range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert len(loads) == 1 and len(manager_tasks()) == 1
+
+
+async def test_a_failed_start_is_an_error_answer_and_the_next_request_starts_it(
+        proxy, monkeypatch):
+    real, failures = endpoint.load_sdk, []
+
+    def fails_once(settings):
+        if not failures:
+            failures.append(settings)
+            raise RuntimeError("cannot start")
+        return real(settings)
+
+    monkeypatch.setattr(endpoint, "load_sdk", fails_once)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+        first = await client.post(f"{proxy.url}/api/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+        assert first.status_code == 500 and first.json()["error"]["type"] == "internal_error"
+        again = await client.post(f"{proxy.url}/api/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+        assert again.status_code == 200, again.text
+
+
+async def test_shutdown_stops_the_session_manager_only_if_it_was_started(proxy_factory,
+                                                                         tmp_path):
+    idle = await proxy_factory(data_dir=tmp_path / "idle")
+    used = await proxy_factory(data_dir=tmp_path / "used")
+    assert manager_tasks() == []
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+        resp = await client.post(f"{used.url}/api/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+        assert resp.status_code == 200, resp.text
+    assert len(manager_tasks()) == 1
+    await idle.server.close()  # never asked for MCP: nothing to stop
+    assert len(manager_tasks()) == 1
+    await used.server.close()
+    assert manager_tasks() == []
