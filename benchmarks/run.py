@@ -560,6 +560,9 @@ class Target:
     url: str
     proc: Proc
     fake: Proc
+    # RSS of a process started for this target, read when it first answered its readiness
+    # probe: after start-up, before any measured request (None for `direct`: the fake)
+    idle_rss_mb: float | None = None
 
 
 # Scenarios -------------------------------------------------------------------------------------
@@ -1207,7 +1210,7 @@ def start_target(
         ready_url = f"{url}{proxy.health_path}"
     try:
         wait_ready(proc, ready_url, proxy.startup_timeout_s if name != "floor" else 30)
-        yield Target(name, url, proc, fake)
+        yield Target(name, url, proc, fake, idle_rss_mb=proc.rss_mb())
     finally:
         proc.stop()
 
@@ -1231,6 +1234,8 @@ def run_scenario(
                 try:
                     with start_target(name, ctx, fake, scenario, proxy, log_dir) as target:
                         rows = scenario.measure(h, target)
+                        for row in rows.values():
+                            row.setdefault("idle_rss_mb", target.idle_rss_mb)
                 except Exception as exc:
                     rows = {"*": {"error": f"{type(exc).__name__}: {exc}"}}
                 for variant, row in rows.items():
