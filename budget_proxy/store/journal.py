@@ -17,7 +17,8 @@ transaction that journals the settlement) and a release drops it; while the requ
 the replay skips it. After a crash, the intent is replayed: the call is charged at its hold.
 
 The cost is one small SQLite insert per settlement on the hot path (WAL, `synchronous=NORMAL`:
-no fsync, durable across a process crash, which is what we promise); marking entries done is
+no fsync, durable across a process crash, which is what we promise; a plain rowid, so a
+commit writes one table page, not an AUTOINCREMENT counter too); marking entries done is
 batched. The journal lives under `BUDGET_DATA_DIR` as `redis-journal.db`.
 """
 
@@ -33,13 +34,25 @@ import orjson
 
 from budget_proxy.store.base import StoreError
 
+# `seq` is a plain rowid, handed out by the journal (never reused while it is open): an
+# AUTOINCREMENT column would write its counter page on every append too. Journals made with
+# one are rebuilt without it when opened (same table name and seqs, so either schema reads
+# the other's entries).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settlements (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     created_at REAL NOT NULL,
     body BLOB NOT NULL
 );
 """
+WITHOUT_AUTOINCREMENT = (
+    "CREATE TABLE settlements_rebuilt (seq INTEGER PRIMARY KEY, created_at REAL NOT NULL, "
+    "body BLOB NOT NULL)",
+    "INSERT INTO settlements_rebuilt (seq, created_at, body) "
+    "SELECT seq, created_at, body FROM settlements",
+    "DROP TABLE settlements",
+    "ALTER TABLE settlements_rebuilt RENAME TO settlements",
+)
 DONE_BATCH = 256  # flush done marks once this many are waiting ...
 DONE_FLUSH_S = 0.25  # ... or this long after the last flush
 
@@ -78,6 +91,7 @@ class Journal:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._done: list[int] = []
+        self._next_seq = 1
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 
@@ -88,7 +102,25 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (table,) = db.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'settlements'"
+            ).fetchone()
+            if "AUTOINCREMENT" in table.upper():  # a journal from before: same entries
+                for statement in WITHOUT_AUTOINCREMENT:
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         self._db = db
+        self._next_seq = self._max_seq() + 1
+
+    def _max_seq(self) -> int:
+        (high,) = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM settlements").fetchone()
+        return int(high)
 
     def close(self) -> None:
         if self._db is not None:
@@ -107,29 +139,38 @@ class Journal:
     def append(self, settlement: Settlement, replaces: int | None = None) -> int:
         """Durably record a settlement before it is applied; returns its sequence number.
         `replaces`: the entry (an intent) deleted in the same transaction."""
-        db = self.db
         try:
+            body = settlement.dumps()
             with self._lock:
-                if replaces is None:
-                    cursor = db.execute(
-                        "INSERT INTO settlements (created_at, body) VALUES (?, ?)",
-                        (time.time(), settlement.dumps()))
-                else:
-                    db.execute("BEGIN")
-                    try:
-                        cursor = db.execute(
-                            "INSERT INTO settlements (created_at, body) VALUES (?, ?)",
-                            (time.time(), settlement.dumps()))
-                        db.execute("DELETE FROM settlements WHERE seq = ?", (replaces,))
-                        db.execute("COMMIT")
-                    except BaseException:
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                        raise
+                try:
+                    return self._insert(body, replaces)
+                except sqlite3.IntegrityError:  # another process wrote to this journal
+                    self._next_seq = self._max_seq() + 1
+                    return self._insert(body, replaces)
         except (sqlite3.Error, TypeError) as exc:  # TypeError: orjson refused a value
             raise StoreError(f"settlement journal: {exc}") from exc
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+
+    def _insert(self, body: bytes, replaces: int | None) -> int:
+        """One entry, committed (with the deletion of `replaces`, if any) before it returns.
+        Seqs only grow while the journal is open, so a seq that was marked done or
+        discarded never names a newer entry."""
+        db, seq = self.db, self._next_seq
+        if replaces is None:
+            db.execute("INSERT INTO settlements (seq, created_at, body) VALUES (?, ?, ?)",
+                       (seq, time.time(), body))
+        else:
+            db.execute("BEGIN")
+            try:
+                db.execute("INSERT INTO settlements (seq, created_at, body) VALUES (?, ?, ?)",
+                           (seq, time.time(), body))
+                db.execute("DELETE FROM settlements WHERE seq = ?", (replaces,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        self._next_seq = seq + 1
+        return seq
 
     def discard(self, seq: int) -> None:
         """Delete an entry now (an intent whose call was released: never to be charged)."""
