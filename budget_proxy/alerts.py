@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 ALERT_KIND = "alert"  # store document kind (listed and acknowledged by /api/alerts)
 ALERT_EVENT = "alert_raised"  # event type on the alerts topic and in JSON webhooks
 KNOWN_ALERTS_MAX = 10_000  # alert ids remembered as existing, so they are not re-checked
+WATCHED_MAX = 10_000  # counters whose "threshold left?" answer is remembered (per window)
 WEBHOOK_QUEUE_MAX = 1_000  # deliveries waiting; beyond this new ones are dropped (and logged)
 WEBHOOK_CONCURRENCY = 8  # deliveries in flight at once
 WEBHOOK_BACKOFF_MAX_S = 300.0  # retry delay cap
@@ -297,6 +298,9 @@ class Alerts:
             metrics=metrics)
         self._known: OrderedDict[str, None] = OrderedDict()
         self._dirty: dict[str, CounterLine] = {}
+        # counter key -> whether it has a threshold left to alert on, for `_watched_from`
+        self._watched: dict[str, bool] = {}
+        self._watched_from: dict[str, BudgetPolicy] | None = None
         self._checker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refusal_checks: set[str] = set()  # limit_reached ids with a check in flight
@@ -397,12 +401,24 @@ class Alerts:
 
     def check(self, lines: Sequence[CounterLine]) -> None:
         """Usage landed on these counters: check their thresholds in the background (also for
-        usage recorded without the proxy path, e.g. `POST /api/usage/record`)."""
+        usage recorded without the proxy path, e.g. `POST /api/usage/record`). Whether a
+        counter has a threshold left to alert on is decided once per counter and remembered
+        until the policies reload or an alert is raised (`_watched`): a settlement costs a
+        dictionary lookup per counter, not an alert id per threshold."""
+        watched = self._watched
+        if self._watched_from is not self.policies.by_id:
+            watched.clear()
+            self._watched_from = self.policies.by_id
         for line in lines:
-            policy = self.policies.by_id.get(line.policy_id)
-            if policy is None or not self._pending_kinds(policy, line):
-                continue
-            self._dirty[line.key] = line
+            pending = watched.get(line.key)
+            if pending is None:
+                if len(watched) >= WATCHED_MAX:
+                    watched.clear()
+                policy = self.policies.by_id.get(line.policy_id)
+                pending = watched[line.key] = policy is not None and bool(
+                    self._pending_kinds(policy, line))
+            if pending:
+                self._dirty[line.key] = line
         if self._dirty and (self._checker is None or self._checker.done()):
             self._checker = asyncio.create_task(self._check_dirty(), name="alert-check")
 
@@ -496,6 +512,8 @@ class Alerts:
             log.warning("alert checks skipped, store unavailable: %s", exc)
 
     def _remember(self, alert_id: str) -> None:
+        if alert_id not in self._known:
+            self._watched.clear()  # a threshold may be done with: decide again
         self._known[alert_id] = None
         self._known.move_to_end(alert_id)
         while len(self._known) > KNOWN_ALERTS_MAX:

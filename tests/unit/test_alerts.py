@@ -95,3 +95,40 @@ def test_webhook_urls_from_the_environment_and_the_config_file(tmp_path, monkeyp
     settings = load_settings(config)
     assert [(h.url, h.format) for h in settings.all_webhooks()] == [
         ("https://b/y", "slack"), ("https://a/x", "json")]
+
+
+async def test_check_marks_only_counters_with_a_threshold_left(tmp_path):
+    from budget_proxy.alerts import Alerts, thresholds
+    from budget_proxy.config import Settings
+    from budget_proxy.events import EventBus
+    from budget_proxy.policy_cache import PolicyCache
+
+    cache = PolicyCache(None)  # type: ignore[arg-type]
+    ignore = BudgetPolicy(policy_id="pol_i", type="ignore", cost_limit=1.0)
+    cache.by_id = {"pol_a": POLICY, "pol_i": ignore}
+    alerts = Alerts(Settings(data_dir=tmp_path), None, EventBus(), cache)  # type: ignore[arg-type]
+
+    def line(policy_id: str, window: str) -> CounterLine:
+        return CounterLine(counter_key(policy_id, window), 10_000_000_000, None, True, policy_id)
+
+    def marked(*lines: CounterLine) -> set[str]:
+        alerts._dirty.clear()
+        alerts.check(lines)
+        return set(alerts._dirty)
+
+    today, ignored, other = line("pol_a", "d:20250101"), line("pol_i", "d:20250101"), \
+        line("pol_x", "d:20250101")
+    try:
+        assert marked(today, ignored, other) == {today.key}  # `ignore` and unknown: no alerts
+        for kind, _ in thresholds(POLICY)[:2]:
+            alerts._remember(threshold_alert_id("pol_a", "d:20250101", kind))
+            assert marked(today) == {today.key}  # one level left
+        alerts._remember(threshold_alert_id("pol_a", "d:20250101", "limit_reached"))
+        assert marked(today) == set()  # every level raised in this window
+        tomorrow = line("pol_a", "d:20250102")
+        assert marked(today, tomorrow) == {tomorrow.key}
+        cache.by_id = {"pol_a": POLICY.model_copy(update={"policy_id": "pol_a"}),
+                       "pol_i": POLICY.model_copy(update={"policy_id": "pol_i"})}
+        assert marked(today, ignored) == {ignored.key}  # reloaded: decided again
+    finally:
+        await alerts.stop()
