@@ -529,15 +529,22 @@ class RedisStore(Store):
         # its dead hold, only the one whose amounts were counted writes its record
         if whole and record_keys and await self._record_written(s.settle_id):
             return False
-        applied = mine = False
-        for group, indexes in groups:
+        async def settle_group(group: str, indexes: list[int]) -> int:
             script_keys = [K.settled(group, s.settle_id),
                            *(K.counter(s.keys[i]) for i in indexes),
                            K.reservation(group, s.reservation_id), K.deadlines(group)]
             args = [*base, len(indexes), 1, dedupe_ms, idle_ms, "", 0, token]
-            reply = int(await self._script("settle", script_keys, args))
-            applied |= reply == 1
-            mine |= reply in (1, 2)
+            return int(await self._script("settle", script_keys, args))
+
+        # the groups at once (each script is atomic and idempotent, their order does not
+        # matter): one round trip of latency, not one per group
+        replies = await asyncio.gather(*(settle_group(g, ix) for g, ix in groups),
+                                       return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        applied = any(reply == 1 for reply in replies)
+        mine = any(reply in (1, 2) for reply in replies)
         if (record_keys and mine) or not groups:
             args = [*base, 0, 0, 0 if record_keys else dedupe_ms, idle_ms, *record_args]
             applied |= int(await self._script(

@@ -15,9 +15,13 @@ from redis.asyncio.connection import AbstractConnection
 from budget_proxy.enforcement import CounterLine
 from budget_proxy.models import UsageRecord
 from budget_proxy.store import keys as K
-from budget_proxy.store.base import Reservation, intent_json, record_id_of
+from budget_proxy.store.base import Reservation, UsageQuery, intent_json, record_id_of
 from budget_proxy.store.redis import RedisStore
-from tests.redis_servers import RedisServer, redis_factory  # noqa: F401 - fixture
+from tests.redis_servers import (  # noqa: F401 - fixtures
+    RedisServer,
+    redis_cluster,
+    redis_factory,
+)
 
 LINES = 5
 
@@ -151,3 +155,35 @@ async def test_counters_without_a_window_end_keep_an_idle_ttl(store: RedisStore)
         for ln in lines:
             ttl_ms = await store.client.pttl(K.counter(ln.key))
             assert K.COUNTER_IDLE_S * 1000 - 60_000 < ttl_ms <= K.COUNTER_IDLE_S * 1000
+
+
+async def test_a_settlement_on_a_cluster_settles_its_groups_at_once(
+        redis_cluster, tmp_path: Path):  # noqa: F811 - fixture
+    redis_cluster.flushall()
+    store = RedisStore(redis_cluster.url, data_dir=tmp_path)
+    await store.start()
+    try:
+        lines = window_lines(datetime.now(UTC) + timedelta(days=1))
+        reservation, record = call(lines, 0)
+        assert (await store.reserve(reservation, lines, 60)).ok
+        in_flight, most = [0], [0]
+        script = store._script
+
+        async def watched(name: str, keys: Any, args: Any) -> Any:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            try:
+                return await script(name, keys, args)
+            finally:
+                in_flight[0] -= 1
+
+        store._script = watched  # type: ignore[method-assign]
+        assert await store.settle(reservation, 90, 7, record)
+        assert most[0] == LINES  # every group's script in flight together
+        assert not await store.settle(reservation, 90, 7, record)  # still exactly once
+        totals = await store.totals([ln.key for ln in lines])
+        assert {(t.spent_nusd, t.reserved_nusd) for t in totals} == {(90, 0)}
+        usage = await store.list_usage(UsageQuery())
+        assert [r.record_id for r in usage] == [record.record_id]
+    finally:
+        await store.close()
