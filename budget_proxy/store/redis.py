@@ -505,11 +505,16 @@ class RedisStore(Store):
         # the same id (the real one vs the charge of its dead hold) does not
         token = hashlib.blake2b((s.record_json or f"{s.cost_nusd}:{s.tokens}").encode(),
                                 digest_size=8).hexdigest()
-        record_args = [s.record_json or "", s.record_ts_s, token,
-                       "h" if self.ledger is None else "s", K.LEDGER_SETTLED_TTL_S * 1000]
-        idle_ms = K.COUNTER_IDLE_S * 1000
+        where = "h" if self.ledger is None else "s"
         dedupe_ms = K.SETTLED_TTL_S * 1000
-        base = [s.settle_id, s.reservation_id, s.cost_nusd, s.tokens]
+
+        def args(counters: int, has_res: int, dedupe: bool, record: bool) -> list[Any]:
+            """settle.lua's arguments: the amounts, the record, then the rest as one JSON."""
+            return [s.settle_id, s.reservation_id, s.cost_nusd, s.tokens,
+                    (s.record_json or "") if record else "", token, orjson.dumps([
+                        counters, has_res, dedupe_ms if dedupe else 0,
+                        K.COUNTER_IDLE_S * 1000, s.record_ts_s if record else 0, where,
+                        K.LEDGER_SETTLED_TTL_S * 1000])]
 
         if not self.cluster:  # one atomic script: counters, hold, record
             script_keys = [K.usage_settled(s.settle_id)]
@@ -519,9 +524,9 @@ class RedisStore(Store):
                 script_keys = [K.settled(group, s.settle_id), *map(K.counter, s.keys),
                                K.reservation(group, s.reservation_id), K.deadlines(group)]
                 has_res = 1
-            args = [*base, len(s.keys), has_res, 0 if record_keys else dedupe_ms, idle_ms,
-                    *record_args]
-            return int(await self._script("settle", script_keys + record_keys, args)) == 1
+            return int(await self._script(
+                "settle", script_keys + record_keys,
+                args(len(s.keys), has_res, dedupe=not record_keys, record=True))) == 1
 
         # cluster: one script per group, then the record (written last, so an existing
         # record means the whole settlement was applied before), and only by the settlement
@@ -529,12 +534,13 @@ class RedisStore(Store):
         # its dead hold, only the one whose amounts were counted writes its record
         if whole and record_keys and await self._record_written(s.settle_id):
             return False
+
         async def settle_group(group: str, indexes: list[int]) -> int:
             script_keys = [K.settled(group, s.settle_id),
                            *(K.counter(s.keys[i]) for i in indexes),
                            K.reservation(group, s.reservation_id), K.deadlines(group)]
-            args = [*base, len(indexes), 1, dedupe_ms, idle_ms, "", 0, token]
-            return int(await self._script("settle", script_keys, args))
+            return int(await self._script(
+                "settle", script_keys, args(len(indexes), 1, dedupe=True, record=False)))
 
         # the groups at once (each script is atomic and idempotent, their order does not
         # matter): one round trip of latency, not one per group
@@ -546,9 +552,9 @@ class RedisStore(Store):
         applied = any(reply == 1 for reply in replies)
         mine = any(reply in (1, 2) for reply in replies)
         if (record_keys and mine) or not groups:
-            args = [*base, 0, 0, 0 if record_keys else dedupe_ms, idle_ms, *record_args]
             applied |= int(await self._script(
-                "settle", [K.usage_settled(s.settle_id), *record_keys], args)) == 1
+                "settle", [K.usage_settled(s.settle_id), *record_keys],
+                args(0, 0, dedupe=not record_keys, record=True))) == 1
         return applied
 
     def _record_keys(self, record_id: str, record_json: str) -> list[str]:
