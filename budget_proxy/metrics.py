@@ -93,6 +93,7 @@ SNAPSHOT_MAX_AGE_S = 1.0  # concurrent scrapes within this age share one store r
 ALLOCATION_NAMES_MAX_AGE_S = 30.0  # allocations are not config documents: re-read this often
 TYPICAL_CALLS = 32  # recent worst cases per policy whose median is a "typical call"
 REFUSAL_STREAK = 3  # refusals in a row (none admitted between) that mean "refusing"
+CALL_SERIES_MAX = 1_024  # kinds of call whose label values are kept (`Metrics._call_series`)
 
 # endpoint kind (budget_proxy.wire) -> OTel gen_ai.operation.name
 OPERATION_NAMES = {
@@ -431,6 +432,24 @@ def policy_samples(
 
 
 # the metrics ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CallSeries:
+    """The label values under which one kind of metered call (provider, route, outcome,
+    requested model, price, status) is reported, by metric; `Metrics.on_finish` computes them
+    once per kind of call instead of once per call."""
+
+    price: ModelPrice | None  # held while cached: the cache key has its id
+    provider: str
+    model: str
+    requests: tuple[str, ...]
+    upstream_responses: tuple[str, ...]
+    request_duration: tuple[str, ...]
+    operation_duration: tuple[str, ...]
+    time_to_first_chunk: tuple[str, ...]
+    token_usage_input: tuple[str, ...]
+    token_usage_output: tuple[str, ...]
+
+
 class Metrics:
     """Every metric of one application, and the proxy hooks that feed them."""
 
@@ -444,7 +463,9 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self._snapshot_at = 0.0
         self._snapshot_lock = asyncio.Lock()
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[Counter | Histogram, dict[tuple[str, ...], Any]] = {}
+        self._calls: dict[tuple[object, ...], CallSeries] = {}  # see `_call_series`
+        self._policy_series: dict[str, tuple[Any, Any]] = {}  # policy id -> cost, tokens
         self._worst_cases: dict[str, deque[tuple[int, int]]] = {}
         # policy id -> (window, refusals in a row in it since the last admitted call)
         self._refused: dict[str, tuple[str, int]] = {}
@@ -629,11 +650,12 @@ class Metrics:
                         self._child(self.refusals, provider, policy.policy_id, "limit")
 
     def on_finish(self, meta: Metered, record: UsageRecord | None) -> None:
-        provider = bounded(meta.provider, self.providers)
-        model, route = model_label(meta.price), meta.endpoint
-        outcome = bounded(meta.outcome, OUTCOMES)
-        operation = OPERATION_NAMES.get(route, OTHER)
-        requested = requested_model_label(meta.requested_model, meta.price)
+        answered = bool(meta.upstream_headers_at)  # set once the upstream's headers came
+        price = meta.price
+        call = self._calls.get((meta.provider, meta.endpoint, meta.outcome, meta.requested_model,
+                                id(price), meta.status, answered))
+        if call is None:
+            call = self._call_series(meta, answered)
         known = self.policies.by_id
         for line in meta.lines:
             if line.policy_id in known:  # admitted: a typical call, and no longer refusing
@@ -641,50 +663,89 @@ class Metrics:
                 if cases is None:
                     cases = self._worst_cases[line.policy_id] = deque(maxlen=TYPICAL_CALLS)
                 cases.append((meta.reservation.cost_nusd, meta.reservation.tokens))
-                self._refused.pop(line.policy_id, None)
-        self._child(self.requests, provider, model, route, outcome).inc()
-        answered = bool(meta.upstream_headers_at)  # set once the upstream's headers came
+                if self._refused:
+                    self._refused.pop(line.policy_id, None)
+        child = self._child_of
+        child(self.requests, call.requests).inc()
         if meta.upstream_sent_at:
-            self._child(self.upstream_responses, provider,
-                        status_class(meta.status, answered)).inc()
+            child(self.upstream_responses, call.upstream_responses).inc()
         if meta.finished_at:
-            self._child(self.request_duration, provider, route).observe(
+            child(self.request_duration, call.request_duration).observe(
                 meta.finished_at - meta.started_at)
         if meta.upstream_sent_at:
             done = meta.upstream_done_at or meta.finished_at
-            error_type = ("" if outcome == "ok" else "aborted" if outcome == "aborted"
-                          else status_class(meta.status, answered))
-            self._child(self.operation_duration, operation, provider, requested,
-                        error_type).observe(max(0.0, done - meta.upstream_sent_at))
+            child(self.operation_duration, call.operation_duration).observe(
+                max(0.0, done - meta.upstream_sent_at))
             if meta.streamed and meta.first_chunk_at:
-                self._child(self.time_to_first_chunk, operation, provider, requested).observe(
+                child(self.time_to_first_chunk, call.time_to_first_chunk).observe(
                     meta.first_chunk_at - meta.upstream_sent_at)
         if record is None:
             return
-        for token_type, count in otel_token_counts(record).items():
-            self._child(self.token_usage, operation, provider, requested, token_type).observe(
-                max(0, count))
+        otel = otel_token_counts(record)
+        child(self.token_usage, call.token_usage_input).observe(max(0, otel["input"]))
+        child(self.token_usage, call.token_usage_output).observe(max(0, otel["output"]))
         self.configured_names()
+        provider, model = call.provider, call.model
         component = self.components(record.component)
         for token_type, count in token_counts(record).items():
             if count > 0:
-                self._child(self.tokens, provider, model, component, token_type).inc(count)
+                child(self.tokens, (provider, model, component, token_type)).inc(count)
         cost = max(0.0, record.total_cost)
-        self._child(self.cost, provider, model, component).inc(cost)
+        child(self.cost, (provider, model, component)).inc(cost)
+        tokens = max(0, record.total_tokens)
         for line in meta.lines:
             if line.policy_id in known:
-                self._child(self.policy_cost, line.policy_id).inc(cost)
-                self._child(self.policy_tokens, line.policy_id).inc(max(0, record.total_tokens))
-        for reason in flag_reasons(record, meta.price):
-            self._child(self.flagged_usage, provider, reason).inc()
+                cost_child, tokens_child = self._policy_children(line.policy_id)
+                cost_child.inc(cost)
+                tokens_child.inc(tokens)
+        if record.metadata.get("flagged") or (price is not None and price.model == CEILING_MODEL):
+            for reason in flag_reasons(record, price):
+                child(self.flagged_usage, (provider, reason)).inc()
+
+    def _call_series(self, meta: Metered, answered: bool) -> CallSeries:
+        """The label values of a kind of call, computed once (`on_finish`); the cache is keyed
+        by raw values a client chooses (the requested model), so it is bounded."""
+        if len(self._calls) >= CALL_SERIES_MAX:
+            self._calls.clear()
+        price = meta.price
+        provider = bounded(meta.provider, self.providers)
+        model, route = model_label(price), meta.endpoint
+        outcome = bounded(meta.outcome, OUTCOMES)
+        operation = OPERATION_NAMES.get(route, OTHER)
+        requested = requested_model_label(meta.requested_model, price)
+        status = status_class(meta.status, answered)
+        error_type = "" if outcome == "ok" else "aborted" if outcome == "aborted" else status
+        genai = (operation, provider, requested)
+        call = CallSeries(
+            price=price, provider=provider, model=model,
+            requests=(provider, model, route, outcome),
+            upstream_responses=(provider, status), request_duration=(provider, route),
+            operation_duration=(*genai, error_type), time_to_first_chunk=genai,
+            token_usage_input=(*genai, "input"), token_usage_output=(*genai, "output"))
+        self._calls[(meta.provider, meta.endpoint, meta.outcome, meta.requested_model,
+                     id(price), meta.status, answered)] = call
+        return call
+
+    def _policy_children(self, policy_id: str) -> tuple[Any, Any]:
+        """The cost and token counters of a configured policy."""
+        pair = self._policy_series.get(policy_id)
+        if pair is None:
+            pair = self._policy_series[policy_id] = (self._child(self.policy_cost, policy_id),
+                                                     self._child(self.policy_tokens, policy_id))
+        return pair
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        return self._child_of(metric, values)
+
+    def _child_of(self, metric: Counter | Histogram, values: tuple[str, ...]) -> Any:
         """`metric.labels(*values)`, cached: label lookups dominate the cost of a hook call, and
         the label sets are bounded, so the cache is too."""
-        key = (id(metric), values)
-        child = self._children.get(key)
+        children = self._children.get(metric)
+        if children is None:
+            children = self._children[metric] = {}
+        child = children.get(values)
         if child is None:
-            child = self._children[key] = metric.labels(*values)
+            child = children[values] = metric.labels(*values)
         return child
 
     def on_refuse(self, provider: str, policy_id: str, reason: str) -> None:

@@ -303,3 +303,56 @@ def test_hooks_bound_every_label(tmp_path):
         ' 1.0' in second
     assert 'budget_proxy_refusals_total{gen_ai_provider_name="openai",policy_id="other",' \
         'reason="limit"} 1.0' in second
+
+
+def test_on_finish_reports_each_call_under_its_own_labels(tmp_path):
+    from types import SimpleNamespace
+
+    from budget_proxy.config import Settings
+    from budget_proxy.enforcement import CounterLine
+    from budget_proxy.metrics import CALL_SERIES_MAX, Metrics
+    from budget_proxy.policy_cache import PolicyCache
+
+    policy = BudgetPolicy(policy_id="pol_a", type="warn", cost_limit=10.0)
+    cache = PolicyCache(None)  # type: ignore[arg-type]
+    cache.policies, cache.by_id = (policy,), {"pol_a": policy}
+    metrics = Metrics(Settings(data_dir=tmp_path), store=None,  # type: ignore[arg-type]
+                      policies=cache)
+    metrics.counted.mark_seen()
+    price = PriceCatalog.load_default().lookup("openai", "gpt-4o-mini")
+    lines = (CounterLine(counter_key("pol_a", "d:20250314"), 10 * USD, None, False, "pol_a"),
+             CounterLine("alloc:x", None, 100, True, "alloc_x"))
+
+    def finish(status: int, requested: str, **kw) -> None:
+        meta = SimpleNamespace(
+            provider="openai", price=price, endpoint="chat.completions", requested_model=requested,
+            outcome="ok" if status == 200 else "error", lines=lines, status=status,
+            reservation=SimpleNamespace(cost_nusd=5, tokens=7), started_at=1.0,
+            upstream_sent_at=1.1, upstream_headers_at=1.2, upstream_done_at=1.5,
+            finished_at=1.6, streamed=False, first_chunk_at=0.0)
+        metrics.on_finish(meta, record(input_tokens=10, output_tokens=5, total_tokens=15,  # type: ignore[arg-type]
+                                       total_cost=0.25, **kw))
+
+    for status, requested in [(200, "gpt-4o-mini"), (200, "gpt-4o-mini"), (500, "gpt-4o-mini"),
+                              (200, "not-a-catalog-name")]:
+        finish(status, requested)
+    finish(200, "gpt-4o-mini", metadata={"flagged": ["negative_count"]})
+    scrape(metrics.registry)  # new series show zero first
+    got = scrape(metrics.registry)
+    model = (("gen_ai_provider_name", "openai"), ("gen_ai_request_model", "gpt-4o-mini"))
+    assert got[("budget_proxy_requests_total", (*model, ("outcome", "ok"),
+                ("route", "chat.completions")))] == 4
+    assert got[("budget_proxy_requests_total", (*model, ("outcome", "error"),
+                ("route", "chat.completions")))] == 1
+    assert got[("budget_proxy_upstream_responses_total", (
+        ("gen_ai_provider_name", "openai"), ("status_class", "5xx")))] == 1
+    assert got[("budget_proxy_policy_cost_usd_total", (("policy_id", "pol_a"),))] == 1.25
+    assert got[("budget_proxy_policy_tokens_total", (("policy_id", "pol_a"),))] == 75
+    assert got[("budget_proxy_flagged_usage_total", (
+        ("gen_ai_provider_name", "openai"), ("reason", "negative_count")))] == 1
+    requested = {dict(labels)["gen_ai_request_model"] for name, labels in got
+                 if name == "gen_ai_client_operation_duration_seconds_count"}
+    assert requested == {"gpt-4o-mini"}  # a name the catalog does not know is not a label
+    for i in range(CALL_SERIES_MAX + 10):  # the per-kind cache is bounded
+        finish(200, f"client-chosen-{i}")
+    assert len(metrics._calls) <= CALL_SERIES_MAX
