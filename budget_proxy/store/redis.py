@@ -517,13 +517,13 @@ class RedisStore(Store):
                         K.LEDGER_SETTLED_TTL_S * 1000])]
 
         if not self.cluster:  # one atomic script: counters, hold, record
-            script_keys = [K.usage_settled(s.settle_id)]
-            has_res = 0
             if groups:
                 group = groups[0][0]
                 script_keys = [K.settled(group, s.settle_id), *map(K.counter, s.keys),
                                K.reservation(group, s.reservation_id), K.deadlines(group)]
                 has_res = 1
+            else:
+                script_keys, has_res = [K.usage_settled(s.settle_id)], 0
             return int(await self._script(
                 "settle", script_keys + record_keys,
                 args(len(s.keys), has_res, dedupe=not record_keys, record=True))) == 1
@@ -872,9 +872,9 @@ async def _quietly(callback: Callable[[], Awaitable[object]]) -> None:
 
 
 def _totals(reply: Sequence[Any]) -> list[Totals]:
-    """The counters' totals in a reserve or extend reply: five integers each, after two."""
-    return [Totals(int(reply[j]), int(reply[j + 1]), int(reply[j + 2]), int(reply[j + 3]),
-                   int(reply[j + 4])) for j in range(2, len(reply), 5)]
+    """The counters' totals in a reserve or extend reply: five integers each, after two
+    (Lua numbers come back as Redis integer replies: Python ints already)."""
+    return [Totals(*reply[j:j + 5]) for j in range(2, len(reply), 5)]
 
 
 def _expire_at_ms(line: CounterLine) -> int:
