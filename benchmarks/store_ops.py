@@ -12,7 +12,10 @@ counter lines, then its settlement with a usage record) and reports, per pair:
 
 `--redis` starts a private redis-server on a free port (`--redis-url` to use another one;
 never the machine's own on 6379). The machine is shared and noisy: compare two versions by
-alternating runs (A/B/A/B) and read the spread of the rounds printed beside each median.
+alternating runs (A/B/A/B) and read the spread of the rounds printed beside each median, or
+let this script alternate them: `--against DIR` (another checkout, e.g. a `git worktree` of
+an earlier commit) runs that checkout's Redis store in this same process, against the same
+server, in alternating blocks, and prints how often and by how much this one was faster.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import importlib
 import shutil
 import socket
 import statistics
@@ -257,14 +262,74 @@ async def bench(kind: str, args: argparse.Namespace, redis_url: str | None) -> N
           f"(rounds {min(cpu):.0f}..{max(cpu):.0f})")
 
 
+async def started_store_of(checkout: Path, redis_url: str) -> Store:
+    """Another checkout's (an absolute path) Redis store, imported beside this one's and
+    started while its modules are the ones imported (it reads its own Lua scripts); its
+    modules are kept out of `sys.modules` afterwards, so each store runs its own code."""
+    ours = {name: mod for name, mod in sys.modules.items() if name.startswith("budget_proxy")}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(checkout))
+    try:
+        module = importlib.import_module("budget_proxy.store.redis")
+        store: Store = module.RedisStore(
+            redis_url, data_dir=Path(tempfile.mkdtemp(prefix="bp-store-ops-")))
+        await store.start()
+    finally:
+        sys.path.remove(str(checkout))
+        for name in [n for n in sys.modules if n.startswith("budget_proxy")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+    return store
+
+
+async def compare(args: argparse.Namespace, redis_url: str) -> None:
+    """This checkout's Redis store against another's, in alternating blocks in one process."""
+    from budget_proxy.store.redis import RedisStore
+
+    stores: dict[str, Store] = {"other": await started_store_of(args.against, redis_url),
+                                "this": RedisStore(redis_url, data_dir=Path(
+                                    tempfile.mkdtemp(prefix="bp-store-ops-")))}
+    await stores["this"].start()
+    p50s: dict[str, list[float]] = {side: [] for side in stores}
+    cpu: dict[str, list[float]] = {side: [] for side in stores}
+    try:
+        lines = make_lines(args.lines, stores["this"].now())
+        start = 0
+        for block in range(2 * args.rounds + 1):
+            order = list(stores.items()) if block % 2 else list(stores.items())[::-1]
+            for side, store in order:
+                result = await run_pairs(store, lines, start, args.pairs)
+                start += args.pairs
+                if block:  # the first block of each warms up
+                    p50s[side].append(pct(result.pair_us, 0.5))
+                    cpu[side].append(result.cpu_us)
+    finally:
+        for store in stores.values():
+            await store.close()
+    print(f"\nredis store, {args.lines} lines, {2 * args.rounds} alternating blocks of "
+          f"{args.pairs} pairs: this checkout vs {args.against}")
+    for side in stores:
+        print(f"  {side:5s} pair p50 {statistics.median(p50s[side]):7.1f} us "
+              f"(blocks {min(p50s[side]):.0f}..{max(p50s[side]):.0f})  "
+              f"client CPU per pair {statistics.median(cpu[side]):7.1f} us")
+    ratios = [a / b for a, b in zip(p50s["this"], p50s["other"], strict=True)]
+    faster = sum(r < 1 for r in ratios)
+    cpu_ratio = statistics.median(
+        a / b for a, b in zip(cpu["this"], cpu["other"], strict=True))
+    print(f"  this one faster in {faster} of {len(ratios)} blocks; p50 ratio (this / other) "
+          f"median {statistics.median(ratios):.3f}, CPU ratio {cpu_ratio:.3f}")
+
+
 async def main_async(args: argparse.Namespace) -> None:
     count_round_trips()
     if args.redis:
+        run = compare if args.against else functools.partial(bench, "redis")
         if args.redis_url:
-            await bench("redis", args, args.redis_url)
+            await run(args, args.redis_url)
         else:
             with private_redis() as url:
-                await bench("redis", args, url)
+                await run(args, url)
     if args.embedded:
         await bench("embedded", args, None)
 
@@ -279,9 +344,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (as serve does)")
+    parser.add_argument("--against", type=Path,
+                        help="another checkout: its Redis store in alternating blocks")
     args = parser.parse_args()
     if not (args.redis or args.embedded):
         parser.error("name a store: --redis and/or --embedded")
+    if args.against is not None:
+        args.against = args.against.resolve()
     if args.redis_url and f":{SHARED_REDIS_PORT}" in args.redis_url:
         parser.error("not the machine's own Redis on 6379: omit --redis-url for a private one")
     if args.uvloop:
