@@ -61,7 +61,7 @@ from budget_proxy.store.base import (
 
 log = logging.getLogger(__name__)
 
-GROUP_COMMIT_MAX = 500  # writes in one transaction at most (bounds one query's variables)
+GROUP_COMMIT_MAX = 500  # writes in one transaction at most
 # the longest a settlement or release waits for a hold's commit to share before committing
 # alone: longer than the gap between two calls of a serial client, short for a reader
 SETTLE_DELAY_S = 0.005
@@ -451,14 +451,7 @@ class SqliteStore(Store):
                 res = write.held.reservation  # its amounts now (a later row write is moot)
                 db.execute("UPDATE holds SET cost_nusd = ?, tokens = ? WHERE seq = ?",
                            (res.cost_nusd, res.tokens, write.held.seq))
-        ids = [w.record.record_id for w in batch if isinstance(w, _Settle) and w.record]
-        seen: set[str] = set()
-        if ids:
-            marks = ",".join("?" * len(ids))
-            seen = {row[0] for row in db.execute(
-                f"SELECT record_id FROM usage_records WHERE record_id IN ({marks})", ids)}
         results: list[bool] = []
-        rows: list[tuple[object, ...]] = []
         deltas: dict[str, list[int]] = {}
         gone: list[tuple[int]] = []
         for write in batch:
@@ -471,15 +464,16 @@ class SqliteStore(Store):
                 results.append(True)
                 continue
             reservation, record = write.reservation, write.record
-            if record is None:  # a settlement without a record (allocations): rare, one by one
+            # exactly once: a record id already stored (or earlier in this batch) is no-op
+            if record is None:  # a settlement without a record (allocations): by its hold
                 new = bool(db.execute(
                     "INSERT OR IGNORE INTO docs (kind, doc_id, body) VALUES ('settled', ?, '')",
                     (reservation.reservation_id,)).rowcount)
             else:
-                new = record.record_id not in seen
-                if new:
-                    seen.add(record.record_id)
-                    rows.append(_usage_row(record, write.record_json))
+                new = bool(db.execute(
+                    "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(record_id) DO NOTHING",
+                    _usage_row(record, write.record_json)).rowcount)
             results.append(new)
             if new:
                 calls = reservation.requests if write.seq else 0  # a held call counts
@@ -488,8 +482,6 @@ class SqliteStore(Store):
                     delta[0] += write.cost_nusd
                     delta[1] += write.tokens
                     delta[2] += calls
-        if rows:
-            db.executemany("INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if deltas:
             db.executemany(
                 "INSERT INTO counters (key, spent_nusd, spent_tokens, spent_requests) "
