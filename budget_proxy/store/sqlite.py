@@ -243,7 +243,8 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         if self._db is not None:
-            self._flush()  # the settlements still waiting for a hold's commit
+            while self._pending:  # settlements waiting for a hold's commit, and the rows of
+                self._flush()  # holds released while being written, which that commit queues
             self._db.close()
             self._db = None
 

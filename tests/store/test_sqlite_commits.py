@@ -181,3 +181,27 @@ async def test_a_process_killed_before_its_settlement_commits_is_charged_once(tm
             assert again.db.execute("SELECT COUNT(*) FROM holds").fetchone() == (0,)
         finally:
             await again.close()
+
+
+async def test_close_commits_the_writes_still_waiting(tmp_path):
+    store = SqliteStore(tmp_path, settle_delay_s=NEVER_S)
+    await store.start()
+    settled, cancelled = held(1), held(2)
+    assert (await store.reserve(settled, [A], 60)).ok
+    task = asyncio.create_task(store.reserve(cancelled, [A], 60))
+    await asyncio.sleep(0)  # its hold is queued
+    task.cancel()  # the client is gone: never forwarded, so its hold row goes
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    settlement = await queued(store, settled)
+    await store.close()
+    assert await settlement
+    again = SqliteStore(tmp_path)
+    await again.start()
+    try:
+        assert [r.status for r in await again.list_usage(UsageQuery())] == ["ok"]
+        assert again.db.execute("SELECT COUNT(*) FROM holds").fetchone() == (0,)
+        (t,) = await again.totals([A.key])
+        assert (t.spent_nusd, t.reserved_nusd, t.requests) == (10, 0, 1)
+    finally:
+        await again.close()
