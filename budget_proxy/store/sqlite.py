@@ -392,7 +392,9 @@ class SqliteStore(Store):
                 else:
                     self._done(write, result)
             return
-        for write, result in zip(batch, results, strict=True):
+        # the callers of holds resume first: a request waiting to be forwarded goes ahead of
+        # the bookkeeping that follows a settlement (callers resume in this order)
+        for write, result in sorted(zip(batch, results, strict=True), key=_settles_last):
             self._done(write, result)
 
     def _done(self, write: _Write, result: bool) -> None:
@@ -632,6 +634,10 @@ def _migrate_request_counts(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(counters)")}
     if "spent_requests" not in columns:
         db.execute("ALTER TABLE counters ADD COLUMN spent_requests INTEGER NOT NULL DEFAULT 0")
+
+
+def _settles_last(done: tuple[_Write, bool]) -> bool:
+    return isinstance(done[0], _Settle | _Drop)
 
 
 def _usage_row(record: UsageRecord, body: str) -> tuple[object, ...]:
