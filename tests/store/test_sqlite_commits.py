@@ -120,7 +120,7 @@ async def test_a_queued_settlement_frees_its_hold_for_the_next_call(lazy: Sqlite
     assert (t.spent_nusd, t.reserved_nusd, t.requests) == (10, 0, 1)
     assert lazy.live_holds() == 0
     assert (await lazy.reserve(held(2, cost_nusd=600), [A], 60)).ok  # 10 + 600 <= 1000
-    assert task.done() and task.result()  # committed with the second call's hold
+    assert await task  # committed with the second call's hold
 
 
 async def test_a_failed_settlement_gives_its_hold_back(lazy: SqliteStore):
