@@ -45,17 +45,11 @@ from budget_proxy.enforcement import CounterLine  # noqa: E402
 from budget_proxy.models import UsageRecord  # noqa: E402
 from budget_proxy.store.base import Reservation, Store, intent_json, record_id_of  # noqa: E402
 
-SHARED_REDIS_PORT = 6379
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import free_port  # noqa: E402
+
+SHARED_REDIS_PORT = 6379  # the machine's own Redis: never used here
 TTL_S = 30.0
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != SHARED_REDIS_PORT:
-            return port
 
 
 @contextlib.contextmanager

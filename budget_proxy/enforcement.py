@@ -8,13 +8,13 @@ limit model moves).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from budget_proxy.models import BudgetPolicy, PolicyType, nusd_to_usd
-from budget_proxy.periods import window_for
+from budget_proxy.periods import Window, window_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +102,7 @@ def counter_lines(
 ) -> list[CounterLine]:
     """The counters this request touches, one per matching policy with a current window."""
     lines = []
-    for policy in policies:
-        if not policy_matches(policy, scope):
-            continue
-        window = window_for(policy.period, now, tz, scope.session, scope.task)
-        if window is None:
-            continue
+    for policy, window in _matching_windows(policies, scope, now, tz):
         limit_nusd, limit_tokens, limit_requests = policy.limits_at(now)
         lines.append(
             CounterLine(
@@ -122,6 +117,16 @@ def counter_lines(
             )
         )
     return lines
+
+
+def _matching_windows(policies: Iterable[BudgetPolicy], scope: RequestScope, now: datetime,
+                      tz: ZoneInfo) -> Iterator[tuple[BudgetPolicy, Window]]:
+    """Each policy matching `scope` with its window containing `now` (if it has one)."""
+    for policy in policies:
+        if policy_matches(policy, scope):
+            window = window_for(policy.period, now, tz, scope.session, scope.task)
+            if window is not None:
+                yield policy, window
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,18 +171,13 @@ def _current(entry: _Cached, now: datetime) -> bool:
             and (entry.valid_until is None or now < entry.valid_until))
 
 
-def _cache_entry(policies: Iterable[BudgetPolicy], scope: RequestScope, now: datetime,
+def _cache_entry(policies: Sequence[BudgetPolicy], scope: RequestScope, now: datetime,
                  tz: ZoneInfo) -> _Cached:
     """The lines at `now` and the span of time over which they stay the same."""
     lines = counter_lines(policies, scope, now, tz)
     starts: list[datetime] = []
     ends: list[datetime] = []
-    for policy in policies:
-        if not policy_matches(policy, scope):
-            continue
-        window = window_for(policy.period, now, tz, scope.session, scope.task)
-        if window is None:
-            continue
+    for policy, window in _matching_windows(policies, scope, now, tz):
         if window.starts_at is not None:
             starts.append(window.starts_at)
         if window.resets_at is not None:
