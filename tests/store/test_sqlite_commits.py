@@ -6,6 +6,7 @@ when it is queued, and a process killed before a settlement commits has its hold
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -13,6 +14,7 @@ import pytest
 
 from budget_proxy.enforcement import CounterLine
 from budget_proxy.models import UsageRecord
+from budget_proxy.store import sqlite as sqlite_store
 from budget_proxy.store.base import (
     Reservation,
     StoreError,
@@ -24,6 +26,7 @@ from budget_proxy.store.sqlite import SqliteStore
 from budget_proxy.testing.waiting import eventually
 
 A = CounterLine("a:d:1", 1000, None, True, "a")
+ROOMY = CounterLine(A.key, 10**12, None, True, "a")  # A's counter, for many calls
 T = TypeVar("T")
 NEVER_S = 3600.0  # a settlement bound no test waits for: only a hold or close commits
 
@@ -205,3 +208,61 @@ async def test_close_commits_the_writes_still_waiting(tmp_path):
         assert (t.spent_nusd, t.reserved_nusd, t.requests) == (10, 0, 1)
     finally:
         await again.close()
+
+
+
+async def serial_calls(store: SqliteStore, first: int, n: int) -> list[asyncio.Task[bool]]:
+    """`n` calls one after another (each settlement rides the next call's commit), each
+    waiting out a checkpoint its commit started."""
+
+    async def no_checkpoint_running() -> bool:
+        return store._checkpoint is None
+
+    settlements = []
+    for i in range(first, first + n):
+        r = held(i)
+        assert (await store.reserve(r, [ROOMY], 60)).ok
+        settlements.append(await queued(store, r))
+        await eventually(no_checkpoint_running)
+    return settlements
+
+
+async def test_the_wal_is_checkpointed_off_the_loop_and_stays_small(lazy, monkeypatch):
+    """SQLite's own checkpoint (off here) would run inside a commit on the event loop; the
+    store's runs on a thread every CHECKPOINT_EVERY commits, and the WAL is then reused from
+    its start: it stops growing however many calls follow."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 8)
+    wal = lazy.path.with_name(lazy.path.name + "-wal")
+    assert lazy.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    settlements = await serial_calls(lazy, 0, 12)
+    after_first = wal.stat().st_size
+    settlements += await serial_calls(lazy, 12, 300)
+    assert wal.stat().st_size <= 2 * after_first
+    await lazy.close()  # every call is in the database itself, the WAL gone with it
+    assert all(await asyncio.gather(*settlements))
+    assert not wal.exists()
+    check = SqliteStore(lazy.path.parent)
+    await check.start()
+    try:
+        assert len(await check.list_usage(UsageQuery(limit=1000))) == 312
+        assert (await check.totals([A.key]))[0].spent_nusd == 312 * 10
+    finally:
+        await check.close()
+
+
+async def test_a_failed_checkpoint_is_logged_and_the_next_one_retries(
+        lazy, monkeypatch, caplog):
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 4)
+    working = lazy._checkpointer
+    broken = sqlite3.connect(":memory:", check_same_thread=False)
+    broken.close()  # any statement on it raises
+    lazy._checkpointer = broken
+    await serial_calls(lazy, 0, 20)
+    assert "WAL checkpoint failed" in caplog.text
+    wal = lazy.path.with_name(lazy.path.name + "-wal")
+    lazy._checkpointer = working
+    await serial_calls(lazy, 20, 20)  # the calls went on; checkpoints are back
+    grown = wal.stat().st_size
+    await serial_calls(lazy, 40, 100)
+    assert wal.stat().st_size <= grown  # reused from its start: no longer growing
+    assert (await lazy.totals([A.key]))[0].spent_nusd == 140 * 10  # every call counted
