@@ -33,6 +33,7 @@ from pathlib import Path
 import orjson
 
 from budget_proxy.store.base import StoreError
+from budget_proxy.store.wal import Checkpointer
 
 # `seq` is a plain rowid, handed out by the journal (never reused while it is open): an
 # AUTOINCREMENT column would write its counter page on every append too. Journals made with
@@ -55,6 +56,7 @@ WITHOUT_AUTOINCREMENT = (
 )
 DONE_BATCH = 256  # flush done marks once this many are waiting ...
 DONE_FLUSH_S = 0.25  # ... or this long after the last flush
+CHECKPOINT_EVERY = 256  # commits between two WAL checkpoints (`wal.Checkpointer`)
 
 
 class SettlementJournaled(StoreError):
@@ -94,6 +96,7 @@ class Journal:
         self._next_seq = 1
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        self.checkpoints = Checkpointer(self.path, CHECKPOINT_EVERY)
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,7 @@ class Journal:
             raise
         self._db = db
         self._next_seq = self._max_seq() + 1
+        self.checkpoints.start(db)
 
     def _max_seq(self) -> int:
         (high,) = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM settlements").fetchone()
@@ -127,6 +131,7 @@ class Journal:
             try:
                 self.flush()
             finally:
+                self.checkpoints.close()
                 self._db.close()
                 self._db = None
 
@@ -170,6 +175,7 @@ class Journal:
                     db.execute("ROLLBACK")
                 raise
         self._next_seq = seq + 1
+        self.checkpoints.committed()
         return seq
 
     def discard(self, seq: int) -> None:
@@ -203,6 +209,7 @@ class Journal:
                     if self.db.in_transaction:
                         self.db.execute("ROLLBACK")
                     raise
+                self.checkpoints.committed()
         except (sqlite3.Error, StoreError):
             self._done.extend(done)  # retried at the next flush; replays are harmless
 

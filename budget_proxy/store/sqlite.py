@@ -58,6 +58,7 @@ from budget_proxy.store.base import (
     storable_record,
     unsettled_record,
 )
+from budget_proxy.store.wal import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ GROUP_COMMIT_MAX = 500  # writes in one transaction at most
 # the longest a settlement or release waits for a hold's commit to share before committing
 # alone: longer than the gap between two calls of a serial client, short for a reader
 SETTLE_DELAY_S = 0.005
-# commits between two WAL checkpoints; each runs on a thread with its own connection, since
-# SQLite's automatic one runs inside a commit, on the event loop, and fsyncs (the p99 spikes)
-CHECKPOINT_EVERY = 128
+CHECKPOINT_EVERY = 128  # commits between two WAL checkpoints (`wal.Checkpointer`)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
@@ -188,9 +187,7 @@ class SqliteStore(Store):
         self._flush_soon: asyncio.Handle | None = None  # the next iteration's commit
         self._flush_later: asyncio.TimerHandle | None = None  # a settlement's bound
         self._version = 0
-        self._checkpointer: sqlite3.Connection | None = None
-        self._checkpoint: asyncio.Future[None] | None = None
-        self._commits = 0  # since the last checkpoint
+        self.checkpoints = Checkpointer(self.path, CHECKPOINT_EVERY)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +195,6 @@ class SqliteStore(Store):
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # `_checkpoint_soon` does it off the loop
             db.executescript(SCHEMA)
             _migrate_reservations(db)
             _migrate_request_counts(db)
@@ -208,8 +204,7 @@ class SqliteStore(Store):
             self._db = None
             db.close()
             raise
-        self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
-                                             check_same_thread=False)
+        self.checkpoints.start(db)
         if charged:
             log.warning("charged %d holds of a dead process as unsettled usage", charged)
         for key, spent, spent_tokens, requests in db.execute(
@@ -254,36 +249,9 @@ class SqliteStore(Store):
         if self._db is not None:
             while self._pending:  # settlements waiting for a hold's commit, and the rows of
                 self._flush()  # holds released while being written, which that commit queues
-            if self._checkpoint is not None:  # its failure is logged by `_checkpointed`
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._checkpoint)
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
+            self.checkpoints.close()
             self._db.close()  # the last connection out checkpoints what is left
             self._db = None
-
-    def _checkpoint_soon(self) -> None:
-        """After every CHECKPOINT_EVERY commits, copy the WAL into the database on a thread
-        (PASSIVE: it never blocks a writer; the next commit after a full copy restarts the
-        WAL from its start, so it stays a few MB). One at a time; a failure is logged and the
-        next one retries."""
-        self._commits += 1
-        if self._commits < CHECKPOINT_EVERY or self._checkpoint is not None:
-            return
-        checkpointer = self._checkpointer
-        if checkpointer is None:
-            return
-        self._commits = 0
-        loop = asyncio.get_running_loop()
-        self._checkpoint = loop.run_in_executor(None, _checkpoint_wal, checkpointer)
-        self._checkpoint.add_done_callback(self._checkpointed)
-
-    def _checkpointed(self, done: asyncio.Future[None]) -> None:
-        self._checkpoint = None
-        if not done.cancelled() and done.exception() is not None:
-            log.warning("WAL checkpoint failed (retried after more commits): %s",
-                        done.exception())
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -429,7 +397,7 @@ class SqliteStore(Store):
                 else:
                     self._done(write, result)
             return
-        self._checkpoint_soon()
+        self.checkpoints.committed()
         # the callers of holds resume first: a request waiting to be forwarded goes ahead of
         # the bookkeeping that follows a settlement (callers resume in this order)
         for write, result in sorted(zip(batch, results, strict=True), key=_settles_last):
@@ -646,10 +614,6 @@ class SqliteStore(Store):
                "LIMIT ? OFFSET ?")
         rows = self.db.execute(sql, [*params, query.limit, query.offset])
         return [UsageRecord.model_validate_json(body) for (body,) in rows]
-
-
-def _checkpoint_wal(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _migrate_reservations(db: sqlite3.Connection) -> None:

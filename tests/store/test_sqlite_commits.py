@@ -14,7 +14,6 @@ import pytest
 
 from budget_proxy.enforcement import CounterLine
 from budget_proxy.models import UsageRecord
-from budget_proxy.store import sqlite as sqlite_store
 from budget_proxy.store.base import (
     Reservation,
     StoreError,
@@ -216,7 +215,7 @@ async def serial_calls(store: SqliteStore, first: int, n: int) -> list[asyncio.T
     waiting out a checkpoint its commit started."""
 
     async def no_checkpoint_running() -> bool:
-        return store._checkpoint is None
+        return not store.checkpoints.running
 
     settlements = []
     for i in range(first, first + n):
@@ -231,7 +230,7 @@ async def test_the_wal_is_checkpointed_off_the_loop_and_stays_small(lazy, monkey
     """SQLite's own checkpoint (off here) would run inside a commit on the event loop; the
     store's runs on a thread every CHECKPOINT_EVERY commits, and the WAL is then reused from
     its start: it stops growing however many calls follow."""
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 8)
+    monkeypatch.setattr(lazy.checkpoints, "every", 8)
     wal = lazy.path.with_name(lazy.path.name + "-wal")
     assert lazy.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     settlements = await serial_calls(lazy, 0, 12)
@@ -252,15 +251,15 @@ async def test_the_wal_is_checkpointed_off_the_loop_and_stays_small(lazy, monkey
 
 async def test_a_failed_checkpoint_is_logged_and_the_next_one_retries(
         lazy, monkeypatch, caplog):
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 4)
-    working = lazy._checkpointer
+    monkeypatch.setattr(lazy.checkpoints, "every", 4)
+    working = lazy.checkpoints._db
     broken = sqlite3.connect(":memory:", check_same_thread=False)
     broken.close()  # any statement on it raises
-    lazy._checkpointer = broken
+    lazy.checkpoints._db = broken
     await serial_calls(lazy, 0, 20)
-    assert "WAL checkpoint failed" in caplog.text
+    assert "WAL checkpoint of budget.db failed" in caplog.text
     wal = lazy.path.with_name(lazy.path.name + "-wal")
-    lazy._checkpointer = working
+    lazy.checkpoints._db = working
     await serial_calls(lazy, 20, 20)  # the calls went on; checkpoints are back
     grown = wal.stat().st_size
     await serial_calls(lazy, 40, 100)
