@@ -101,7 +101,8 @@ def test_quick_run_direct_and_floor(tmp_path: Path) -> None:
     big = results["scenarios"]["big_prompt"]["variants"]["openai"]["floor"]["extra"]
     assert big["big_status"] == 200
     mem = results["scenarios"]["memory_100k"]["variants"]["openai"]["direct"]["extra"]
-    assert mem["rss_end_mb"] > 0
+    assert mem["rss_end_mb"] > 0 and mem["rss_warm_mb"] > 0
+    assert mem["rss_growth_mb"] == mem["rss_end_mb"] - mem["rss_warm_mb"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert meta["plot"] is True
         assert (tmp_path / "latency.png").stat().st_size > 0
