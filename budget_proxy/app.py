@@ -110,9 +110,11 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         total=settings.upstream_timeout_s, sock_connect=settings.upstream_connect_timeout_s
     )
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    # one session for every client: an upstream's Set-Cookie in one client's answer must
+    # never ride on another client's call (the client keeps its own cookies, if any)
     session = aiohttp.ClientSession(
         timeout=timeout, connector=connector, auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
+        skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
     )
     proxy = Proxy(settings, app[STORE], app[CATALOG], app[POLICIES], session)
     app[PROXY] = proxy

@@ -512,3 +512,22 @@ async def test_unreachable_upstream_answers_502_in_the_provider_format(proxy_fac
         assert ("error" in error) and (error.get("type") == "error") == (case.api == "anthropic")
     assert await settled_records(proxy) == []
     assert proxy.store.open_reservations() == 0
+
+
+async def test_an_upstreams_cookies_are_never_sent_on_another_call(proxy_factory, fake):
+    """The proxy's one upstream session is shared by every client: a cookie an upstream sets
+    in one client's answer must not ride on the next client's call (nor cost a cookie jar
+    lookup on every call). Upstreams are named by host name here: aiohttp's cookie jar
+    ignores cookies of IP addresses."""
+    named = fake.url.replace("127.0.0.1", "localhost")
+    proxy = await proxy_factory(openai_base_url=f"{named}/v1")
+    fake.raw_next = [raw({**JSON, "Set-Cookie": "__cf_bm=client-a-secret; Path=/; HttpOnly"},
+                         openai_json())]
+    for _ in range(2):  # two clients, each with a cookie jar of its own
+        async with oai(proxy) as client:
+            answer = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert answer.status_code == 200
+    first, second = fake.requests[-2:]
+    assert first.headers.get("cookie") is None
+    assert second.headers.get("cookie") is None
