@@ -54,6 +54,8 @@ from budget_proxy.usage import NO_UNITS, Cost, Usage, cost_of
 from budget_proxy.wire import SSEParser, StreamParser, UsageTap
 
 log = logging.getLogger(__name__)
+# the longest a finished call waits for the next one to go upstream before it is settled
+SETTLE_AFTER_S = 0.002
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -239,6 +241,8 @@ class Proxy:
         self.tz = ZoneInfo(settings.timezone)
         self.lines = LineCache()  # the counter lines of each scope, until a window resets
         self.background: set[asyncio.Task[Any]] = set()
+        self._to_settle: list[tuple[Metered, UsageTap, str]] = []  # see `settle_later`
+        self._settle_timer: asyncio.TimerHandle | None = None
         self.on_finish: list[FinishHook] = []
         self.on_refuse: list[RefuseHook] = []
         self.on_store_failure: list[StoreFailureHook] = []
@@ -400,6 +404,8 @@ class Proxy:
             return self.error(refusal.api, refusal.status, refusal.message, code=refusal.code)
         timing.answer = "free"
         timing.wait()
+        if self._to_settle:  # the last calls' bookkeeping runs while this one is upstream
+            self.start_settlements()
         try:
             upstream = await self.session.request(
                 request.method, self.upstream_url(provider, rest, request.rel_url.raw_query_string),
@@ -738,6 +744,8 @@ class Proxy:
         try:
             timing.wait()
             meta.upstream_sent_at = timing.waiting_since
+            if self._to_settle:  # the last calls' bookkeeping runs while this one is upstream
+                self.start_settlements()
             try:
                 upstream = await self.session.post(url, headers=upstream_headers, data=raw)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -785,12 +793,7 @@ class Proxy:
                 return response
         finally:
             meta.finished_at = time.perf_counter()
-            # Settlement runs in its own task, after the response is complete: off the
-            # client's latency path, and beyond the reach of the handler's cancellation (a
-            # client hanging up). Reads through this replica wait for it (`settled`).
-            task = asyncio.ensure_future(self.settle(meta, tap, meta.outcome))
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
+            self.settle_later(meta, tap)
 
     async def extend_hold(self, meta: Metered, output_tokens: int, input_tokens: int = 0
                           ) -> str | None:
@@ -912,14 +915,42 @@ class Proxy:
         return tap.fallback_usage(meta.input_tokens_estimate, output,
                                   complete=meta.outcome == "ok")
 
+    def settle_later(self, meta: Metered, tap: UsageTap) -> None:
+        """Settle a finished call in a task of its own: beyond the reach of the handler's
+        cancellation (a client hanging up), and after the next call has gone upstream (or
+        SETTLE_AFTER_S at the latest), so that a client's next call is not kept waiting
+        behind the bookkeeping of its last one. A call whose usage is known is counted in
+        the store at once (`Store.account`): the next call is judged on its spend."""
+        usage = meta.usage
+        if meta.outcome != "error" and usage is not None:
+            self.store.account(meta.reservation, meta.cost_of(usage).total_nusd,
+                               usage.total_tokens)
+        self._to_settle.append((meta, tap, meta.outcome))
+        if self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(
+                SETTLE_AFTER_S, self.start_settlements)
+
+    def start_settlements(self) -> None:
+        """Start the settlements waiting in `settle_later`."""
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        waiting, self._to_settle = self._to_settle, []
+        for meta, tap, outcome in waiting:
+            task = asyncio.ensure_future(self.settle(meta, tap, outcome))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
     async def drain(self) -> None:
         """Wait for in-flight settlements (shutdown)."""
+        self.start_settlements()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
 
     async def settled(self) -> None:
-        """Wait for the settlements already started, so a read through this replica sees
-        every call it has answered (read-your-writes for the admin API)."""
+        """Wait for the settlements of every call answered so far, so a read through this
+        replica sees them all (read-your-writes for the admin API)."""
+        self.start_settlements()
         pending = [task for task in self.background if not task.done()]
         if pending:
             await asyncio.wait(pending)

@@ -183,6 +183,7 @@ class SqliteStore(Store):
         # key -> [spent_nusd, reserved_nusd, spent_tokens, reserved_tokens, calls]
         self._counters: dict[str, list[int]] = {}
         self._reservations: dict[str, _Held] = {}
+        self._accounted: dict[str, _Settle] = {}  # counted by `account`, settlement to come
         self._pending: list[_Write] = []
         self._flush_soon: asyncio.Handle | None = None  # the next iteration's commit
         self._flush_later: asyncio.TimerHandle | None = None  # a settlement's bound
@@ -340,12 +341,33 @@ class SqliteStore(Store):
         return await self._queue_settlement(
             _Settle.of(reservation, cost_nusd, tokens, record, 0))
 
+    def account(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:
+        """The hold of this process is taken from memory and its spend counted now; the
+        settlement that follows writes them (or gives the hold back if its write fails)."""
+        rid = reservation.reservation_id
+        held = self._reservations.pop(rid, None)
+        if held is None:
+            return
+        early = _Settle(reservation, bounded(cost_nusd, MAX_AMOUNT_NUSD),
+                        bounded(tokens, MAX_AMOUNT_TOKENS), None, "", held.seq, held=held,
+                        live=self._live.pop(rid, None))
+        self._hold(held.reservation, -1, calls=False)  # the call stays counted
+        self._spend(early, +1)
+        self._accounted[rid] = early
+
     def _queue_settlement(self, write: _Settle) -> asyncio.Future[bool]:
-        """Queue a settlement; a hold of this process is taken from memory now, and its
-        spend counted (taken back if the settlement fails or was already recorded)."""
+        """Queue a settlement; a hold of this process is taken from memory now (unless
+        `account` took it), and its spend counted (taken back if the settlement fails or
+        was already recorded)."""
         if self._db is None:
             raise StoreError("embedded store is not open")
         rid = write.reservation.reservation_id
+        early = self._accounted.pop(rid, None)
+        if early is not None:  # counted by `account`: by these amounts from now on
+            write.held, write.seq, write.live = early.held, early.seq, early.live
+            self._spend(early, -1)
+            self._spend(write, +1)
+            return self._queue(write, prompt=False)
         held = self._reservations.pop(rid, None)
         if held is not None:
             write.held, write.seq, write.live = held, held.seq, self._live.pop(rid, None)

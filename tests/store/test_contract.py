@@ -309,3 +309,41 @@ async def test_real_settlement_and_dead_hold_charge_race_exactly_once(store: Sto
     (t,) = await store.totals([a.key])
     assert (t.spent_nusd, t.reserved_nusd) == (expected_spent, 0)
     assert t.spent_tokens == sum(3 if r.status == "ok" else 10 for r in records)
+
+
+async def test_a_call_counted_before_its_settlement_is_spent_once(store: Store):
+    """`account` (the proxy's at the answer) then `settle` with the record: one spend, at
+    the settlement's amounts, and one record, whatever the backend does at `account`."""
+    a = line("a:d:1", 1000)
+    r = held("res_acc1", (a.key,), 500, 50)
+    assert (await store.reserve(r, [a], 60)).ok
+    store.account(r, 120, 12)
+    assert await store.settle(r, 150, 15, record(record_id_of("res_acc1")))
+    (t,) = await store.totals([a.key])
+    assert (t.spent_nusd, t.reserved_nusd, t.spent_tokens, t.reserved_tokens) == (150, 0, 15, 0)
+    assert not await store.settle(r, 150, 15, record(record_id_of("res_acc1")))  # once
+    (t,) = await store.totals([a.key])
+    assert (t.spent_nusd, t.spent_tokens, t.requests) == (150, 15, 1)
+    assert len(await charged_records(store)) == 1
+    store.account(res("res_never", (a.key,), 10), 10, 1)  # no hold of this process: nothing
+    (t,) = await store.totals([a.key])
+    assert (t.spent_nusd, t.reserved_nusd) == (150, 0)
+
+
+async def test_a_counted_call_whose_process_died_before_its_settlement_is_charged_once(
+        store: Store, reopen):
+    a = line("a:d:1", 1000)
+    dead = held("res_acc_dead", (a.key,), 300, 30)
+    assert (await store.reserve(dead, [a], 0.2)).ok
+    store.account(dead, 100, 10)
+    # the process dies here: the settlement never written
+    after = await reopen()
+
+    async def reaped() -> list[UsageRecord]:
+        await after.reap_expired()
+        return await charged_records(after)
+
+    (rec,) = await eventually(reaped)
+    assert (rec.record_id, rec.status) == (record_id_of("res_acc_dead"), "unsettled")
+    (t,) = await after.totals([a.key])
+    assert (t.spent_nusd, t.reserved_nusd, t.spent_tokens) == (300, 0, 30)  # at its hold

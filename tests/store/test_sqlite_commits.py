@@ -145,6 +145,32 @@ async def test_a_failed_settlement_gives_its_hold_back(lazy: SqliteStore):
     assert (t.spent_nusd, t.reserved_nusd, lazy.live_holds()) == (20, 0, 0)
 
 
+async def test_a_call_counted_at_its_answer_is_judged_on_before_its_settlement(
+        lazy: SqliteStore):
+    """`account`: the hold leaves memory and the spend counts at once, before any write;
+    the settlement that follows writes both, or gives the hold back if its write fails."""
+    lazy.db.execute("CREATE TRIGGER poison BEFORE INSERT ON usage_records "
+                    "WHEN NEW.component = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
+    r = held(1, cost_nusd=300, tokens=30)
+    assert (await lazy.reserve(r, [A], 60)).ok
+    commits = count_commits(lazy)
+    lazy.account(r, 40, 4)
+    (t,) = await lazy.totals([A.key])
+    assert (t.spent_nusd, t.reserved_nusd, t.spent_tokens, t.reserved_tokens, t.requests) == (
+        40, 0, 4, 0, 1)
+    assert commits() == 0 and lazy.live_holds() == 0
+    assert (await lazy.reserve(held(2, cost_nusd=960), [A], 60)).ok  # 40 + 960 fits 1000
+    await flushed(lazy, lazy.release(held(2, cost_nusd=960)))
+    bad = record_of(r).model_copy(update={"component": "poison"})
+    with pytest.raises(StoreError):
+        await flushed(lazy, lazy.settle(r, 40, 4, bad))
+    (t,) = await lazy.totals([A.key])
+    assert (t.spent_nusd, t.reserved_nusd, t.requests, lazy.live_holds()) == (0, 300, 1, 1)
+    assert await flushed(lazy, lazy.settle(r, 40, 4, record_of(r)))  # it settles later
+    (t,) = await lazy.totals([A.key])
+    assert (t.spent_nusd, t.reserved_nusd, t.spent_tokens, lazy.live_holds()) == (40, 0, 4, 0)
+
+
 async def test_a_record_already_stored_takes_its_spend_back(lazy: SqliteStore):
     one, two = held(1), held(2)
     for r in (one, two):
