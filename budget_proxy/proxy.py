@@ -916,17 +916,19 @@ class Proxy:
                                   complete=meta.outcome == "ok")
 
     def settle_later(self, meta: Metered, tap: UsageTap) -> None:
-        """Settle a finished call in a task of its own: beyond the reach of the handler's
-        cancellation (a client hanging up), and after the next call has gone upstream (or
-        SETTLE_AFTER_S at the latest), so that a client's next call is not kept waiting
-        behind the bookkeeping of its last one. A call whose usage is known is counted in
-        the store at once (`Store.account`): the next call is judged on its spend."""
+        """Settle a finished call in a task of its own, beyond the reach of the handler's
+        cancellation (a client hanging up). A call whose spend the store counted at once
+        (`Store.account`) is settled after the next call has gone upstream (SETTLE_AFTER_S
+        at the latest): a client's next call is judged on the spend without waiting behind
+        the bookkeeping of its last one. Any other call is settled now, so that the next
+        one is not judged on its hold."""
         usage = meta.usage
-        if meta.outcome != "error" and usage is not None:
-            self.store.account(meta.reservation, meta.cost_of(usage).total_nusd,
-                               usage.total_tokens)
+        counted = (meta.outcome != "error" and usage is not None and self.store.account(
+            meta.reservation, meta.cost_of(usage).total_nusd, usage.total_tokens))
         self._to_settle.append((meta, tap, meta.outcome))
-        if self._settle_timer is None:
+        if not counted:
+            self.start_settlements()
+        elif self._settle_timer is None:
             self._settle_timer = asyncio.get_running_loop().call_later(
                 SETTLE_AFTER_S, self.start_settlements)
 

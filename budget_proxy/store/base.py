@@ -313,11 +313,13 @@ class Store(ABC):
         `unsettled` record, unless its real settlement came first; a hold without an intent
         (allocations) is released. Returns how many holds were charged or released."""
 
-    def account(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:  # noqa: B027
+    def account(self, reservation: Reservation, cost_nusd: int, tokens: int) -> bool:
         """Count a call's spend in this process's counters now, the settlement (with its
         record) to follow: the next call is judged on the spend while the record is built
-        off the answer's path. The settlement must pass the same amounts. A no-op where the
-        settlement itself is what counts (Redis: the counters are shared)."""
+        off the answer's path. The settlement must pass the same amounts. False when it was
+        not counted: no hold of this process, or a backend where the settlement itself is
+        what counts (Redis: the counters are shared)."""
+        return False
 
     async def keep_intent(self, reservation: Reservation) -> None:  # noqa: B027 - optional
         """The call goes ahead without a hold (fail open, store down): keep its intent in a

@@ -341,19 +341,20 @@ class SqliteStore(Store):
         return await self._queue_settlement(
             _Settle.of(reservation, cost_nusd, tokens, record, 0))
 
-    def account(self, reservation: Reservation, cost_nusd: int, tokens: int) -> None:
+    def account(self, reservation: Reservation, cost_nusd: int, tokens: int) -> bool:
         """The hold of this process is taken from memory and its spend counted now; the
         settlement that follows writes them (or gives the hold back if its write fails)."""
         rid = reservation.reservation_id
         held = self._reservations.pop(rid, None)
         if held is None:
-            return
+            return False
         early = _Settle(reservation, bounded(cost_nusd, MAX_AMOUNT_NUSD),
                         bounded(tokens, MAX_AMOUNT_TOKENS), None, "", held.seq, held=held,
                         live=self._live.pop(rid, None))
         self._hold(held.reservation, -1, calls=False)  # the call stays counted
         self._spend(early, +1)
         self._accounted[rid] = early
+        return True
 
     def _queue_settlement(self, write: _Settle) -> asyncio.Future[bool]:
         """Queue a settlement; a hold of this process is taken from memory now (unless

@@ -59,3 +59,20 @@ async def test_a_call_with_no_call_after_it_settles_by_itself(proxy, fake):
 
     assert await eventually(settled)
     assert proxy.proxy._to_settle == []
+
+
+async def test_on_redis_a_call_is_settled_at_once(proxy_factory, fake, redis_url,
+                                                  monkeypatch):
+    """Redis counts by the settlement itself (`account` counts nothing): a call waits for
+    no later one, or the next call would be judged on its hold."""
+    monkeypatch.setattr(proxy_module, "SETTLE_AFTER_S", 3600.0)
+    proxy = await proxy_factory(redis_url=redis_url)
+    async with oai(proxy) as client:
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert proxy.proxy._to_settle == []
+
+    async def settled() -> bool:
+        return len(await proxy.store.list_usage(UsageQuery())) == 1
+
+    assert await eventually(settled)

@@ -325,7 +325,7 @@ async def test_a_call_counted_before_its_settlement_is_spent_once(store: Store):
     (t,) = await store.totals([a.key])
     assert (t.spent_nusd, t.spent_tokens, t.requests) == (150, 15, 1)
     assert len(await charged_records(store)) == 1
-    store.account(res("res_never", (a.key,), 10), 10, 1)  # no hold of this process: nothing
+    assert not store.account(res("res_never", (a.key,), 10), 10, 1)  # no hold here: nothing
     (t,) = await store.totals([a.key])
     assert (t.spent_nusd, t.reserved_nusd) == (150, 0)
 

@@ -154,7 +154,7 @@ async def test_a_call_counted_at_its_answer_is_judged_on_before_its_settlement(
     r = held(1, cost_nusd=300, tokens=30)
     assert (await lazy.reserve(r, [A], 60)).ok
     commits = count_commits(lazy)
-    lazy.account(r, 40, 4)
+    assert lazy.account(r, 40, 4)
     (t,) = await lazy.totals([A.key])
     assert (t.spent_nusd, t.reserved_nusd, t.spent_tokens, t.reserved_tokens, t.requests) == (
         40, 0, 4, 0, 1)
