@@ -922,15 +922,17 @@ class Proxy:
         at the latest): a client's next call is judged on the spend without waiting behind
         the bookkeeping of its last one. Any other call is settled now, so that the next
         one is not judged on its hold."""
-        usage = meta.usage
-        counted = (meta.outcome != "error" and usage is not None and self.store.account(
-            meta.reservation, meta.cost_of(usage).total_nusd, usage.total_tokens))
-        self._to_settle.append((meta, tap, meta.outcome))
-        if not counted:
-            self.start_settlements()
-        elif self._settle_timer is None:
-            self._settle_timer = asyncio.get_running_loop().call_later(
-                SETTLE_AFTER_S, self.start_settlements)
+        self._to_settle.append((meta, tap, meta.outcome))  # first: whatever happens next
+        usage, counted = meta.usage, False
+        try:
+            counted = (meta.outcome != "error" and usage is not None and self.store.account(
+                meta.reservation, meta.cost_of(usage).total_nusd, usage.total_tokens))
+        finally:
+            if not counted:
+                self.start_settlements()
+            elif self._settle_timer is None:
+                self._settle_timer = asyncio.get_running_loop().call_later(
+                    SETTLE_AFTER_S, self.start_settlements)
 
     def start_settlements(self) -> None:
         """Start the settlements waiting in `settle_later`."""

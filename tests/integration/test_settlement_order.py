@@ -76,3 +76,23 @@ async def test_on_redis_a_call_is_settled_at_once(proxy_factory, fake, redis_url
         return len(await proxy.store.list_usage(UsageQuery())) == 1
 
     assert await eventually(settled)
+
+
+async def test_a_call_is_settled_even_if_counting_it_at_once_fails(proxy, fake, monkeypatch):
+    def broken(*args: object) -> bool:
+        raise RuntimeError("account failed")
+
+    resp = await proxy.api("POST", "/api/policies", json={
+        "period": "daily", "type": "hard_limit", "token_limit": 100_000})
+    assert resp.status_code == 201, resp.text
+    monkeypatch.setattr(proxy.store, "account", broken)
+    async with oai(proxy) as client:
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+    async def settled() -> bool:
+        return len(await proxy.store.list_usage(UsageQuery())) == 1
+
+    assert await eventually(settled)
+    (t,) = [t for t in await proxy.store.totals(list(proxy.store._counters)) if t.requests]
+    assert t.reserved_nusd == 0 and t.spent_nusd > 0  # settled from its hold, once
